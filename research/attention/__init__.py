@@ -1,0 +1,29 @@
+"""Attention as pure functions, looked up by name.
+
+Every implementation has one signature::
+
+    attend(q, k, v, *, causal=False, segment_ids=None, mask=None) -> out
+
+    q:    [batch, q_len, heads, head_dim]
+    k, v: [batch, kv_len, kv_heads, head_dim]   (kv_heads divides heads: MHA, GQA, MQA)
+    segment_ids: [batch, len] (shared by q and kv) or a (q_ids, kv_ids) pair;
+                 tokens attend only within their segment, 0 marks padding.
+    mask: optional boolean, broadcastable to [batch, heads, q_len, kv_len];
+          True = may attend.
+    out:  [batch, q_len, heads, head_dim], q's dtype.
+
+*What* is computed (the variant) is separate from *how* (XLA, Pallas GPU,
+Pallas TPU, interpret): a registry name is one (variant, implementation) pair
+and modules only ever hold the name.
+"""
+
+from research.attention.registry import get_attention, list_attention, register_attention
+from research.attention.dense import dense_attention, make_attention_mask
+
+__all__ = [
+    "dense_attention",
+    "get_attention",
+    "list_attention",
+    "make_attention_mask",
+    "register_attention",
+]

@@ -1,0 +1,5 @@
+"""Models assembled from research.layers."""
+
+from research.models.decoder import Block, DecoderLM, ModelConfig, init_params
+
+__all__ = ["Block", "DecoderLM", "ModelConfig", "init_params"]

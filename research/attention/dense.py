@@ -1,0 +1,61 @@
+"""Dense softmax attention: the reference every other variant is tested against."""
+
+import jax
+import jax.numpy as jnp
+
+from research.attention.registry import register_attention
+
+# Large but finite: a fully masked row (a padding query) then gets a uniform,
+# finite distribution instead of NaNs that would leak into gradients.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def make_attention_mask(q_len, kv_len, *, causal=False, segment_ids=None, mask=None, q_offset=0):
+    """Combines causal, segment and explicit masks into one boolean mask.
+
+    Returns None (attend everywhere) or a bool array broadcastable to
+    [batch, heads, q_len, kv_len]. `q_offset` is the kv index of the first
+    query, for queries that sit at the end of a longer key sequence.
+    """
+    out = None
+
+    def conj(a, b):
+        return b if a is None else jnp.logical_and(a, b)
+
+    if causal:
+        q_idx = jnp.arange(q_len)[:, None] + q_offset
+        kv_idx = jnp.arange(kv_len)[None, :]
+        out = conj(out, (kv_idx <= q_idx)[None, None])  # [1, 1, q, kv]
+    if segment_ids is not None:
+        q_seg, kv_seg = segment_ids if isinstance(segment_ids, tuple) else (segment_ids, segment_ids)
+        same = q_seg[:, :, None] == kv_seg[:, None, :]  # [b, q, kv]
+        out = conj(out, jnp.logical_and(same, kv_seg[:, None, :] != 0)[:, None])
+    if mask is not None:
+        out = conj(out, mask)
+    return out
+
+
+@register_attention("dense")
+def dense_attention(q, k, v, *, causal=False, segment_ids=None, mask=None):
+    """softmax(q k^T / sqrt(d)) v with the logits materialised: O(q_len * kv_len) memory."""
+    batch, q_len, heads, head_dim = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    if heads % kv_heads:
+        raise ValueError(f"query heads ({heads}) must be a multiple of kv heads ({kv_heads})")
+    groups = heads // kv_heads
+    q = q.reshape(batch, q_len, kv_heads, groups, head_dim)  # [b, q, kvh, g, d]
+    # Logits and softmax in float32 whatever the activation dtype: bf16
+    # softmax over long rows loses the small probabilities.
+    logits = jnp.einsum("bqkgd,btkd->bkgqt", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (head_dim**-0.5)
+    m = make_attention_mask(q_len, kv_len, causal=causal, segment_ids=segment_ids, mask=mask)
+    if m is not None:
+        # m: [b|1, h|1, q, kv] -> [b|1, kvh|1, g|1, q, kv] to match the grouped logits.
+        if m.shape[1] == 1:
+            m = m[:, :, None]
+        else:
+            m = m.reshape(m.shape[0], kv_heads, groups, q_len, kv_len)
+        logits = jnp.where(m, logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqt,btkd->bqkgd", probs, v)  # [b, q, kvh, g, d]
+    return out.reshape(batch, q_len, heads, head_dim)

@@ -1,0 +1,88 @@
+"""Multi-head attention block: projections, RoPE, KV cache; the math is looked up by name.
+
+`num_kv_heads` picks the head layout: == num_heads is MHA, 1 is MQA, anything
+in between that divides num_heads is GQA.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.attention import get_attention
+from research.layers.position import apply_rope
+
+
+class Attention(nn.Module):
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    attention: str = "dense"
+    use_rope: bool = True
+    rope_theta: float = 10_000.0
+    dtype: jax.typing.DTypeLike = None
+    param_dtype: jax.typing.DTypeLike = "float32"
+
+    def _einsum(self, eqn, x, shape, names, name, fan_in_axes):
+        # Explicit kernels instead of nn.DenseGeneral, whose init sees a flattened
+        # shape, which breaks the logical sharding constraint applied at init.
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=fan_in_axes)
+        kernel = self.param(name, nn.with_logical_partitioning(init, names), shape, self.param_dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        return jnp.einsum(eqn, x, kernel)
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids=None, *, decode: bool = False):
+        """x: [batch, len, d_model]; positions, segment_ids: [batch, len] int."""
+        d_model = x.shape[-1]
+        hd = self.head_dim
+        proj = "bld,dhk->blhk"
+        q = self._einsum(proj, x, (d_model, self.num_heads, hd), ("embed", "heads", "head_dim"), "query", 0)
+        kv_shape, kv_names = (d_model, self.num_kv_heads, hd), ("embed", "kv_heads", "head_dim")
+        k = self._einsum(proj, x, kv_shape, kv_names, "key", 0)  # [b, len, kvh, hd]
+        v = self._einsum(proj, x, kv_shape, kv_names, "value", 0)
+        if self.use_rope:
+            q = apply_rope(q, positions, theta=self.rope_theta)
+            k = apply_rope(k, positions, theta=self.rope_theta)
+        q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
+
+        if decode:
+            out = self._decode_attend(q, k, v, segment_ids)
+        else:
+            out = get_attention(self.attention)(q, k, v, causal=True, segment_ids=segment_ids)
+        out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
+        return self._einsum("blhk,hkd->bld", out, (self.num_heads, hd, d_model), ("heads", "head_dim", "embed"),
+                            "out", (0, 1))
+
+    def _decode_attend(self, q, k, v, segment_ids):
+        """Autoregressive step(s) against a KV cache held in the "cache" collection.
+
+        The first call (cache creation, e.g. under `init`) sizes the cache from
+        the input length. Later calls write this chunk's keys/values at
+        `cache_index` and attend to every filled slot at or before each query's
+        slot. Prompts are left-padded by the caller, so slot order is time
+        order for every row and padding slots carry segment id 0 and are never
+        attended to.
+        """
+        batch, q_len = q.shape[:2]
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, q_len), jnp.int32)
+        initialized = self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        cached_seg = self.variable("cache", "cached_segment_ids", jnp.zeros, segment_ids.shape, jnp.int32)
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        if not initialized:  # shape-only pass that creates the cache
+            return get_attention("dense")(q, k, v, causal=True, segment_ids=segment_ids)
+
+        i = index.value
+        cache_len = cached_k.value.shape[1]
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
+        cached_seg.value = jax.lax.dynamic_update_slice(cached_seg.value, segment_ids.astype(jnp.int32), (0, i))
+        index.value = i + q_len
+        q_slot = i + jnp.arange(q_len)
+        causal = (jnp.arange(cache_len)[None, :] <= q_slot[:, None])[None, None]  # [1, 1, q, cache]
+        # Single-query steps are memory-bound: the dense reference is the right kernel here.
+        return get_attention("dense")(
+            q, cached_k.value, cached_v.value, mask=causal, segment_ids=(segment_ids, cached_seg.value)
+        )

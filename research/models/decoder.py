@@ -1,0 +1,103 @@
+"""Decoder-only Transformer language model (GPT / LLaMA family) in Flax Linen."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.layers import MLP, Attention, make_norm, sinusoidal_embedding
+
+ACT = ("activation_batch", "activation_length", "activation_embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that determines the function and the parameter shapes."""
+
+    vocab_size: int
+    num_layers: int = 6
+    d_model: int = 384
+    num_heads: int = 6
+    num_kv_heads: int = 6
+    mlp_dim: int = 1536
+    ffn: str = "gelu"  # gelu | swiglu
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-6
+    position: str = "rope"  # learned | sinusoidal | rope
+    rope_theta: float = 10_000.0
+    max_len: int = 256  # longest sequence (training rows, or prompt + generated tokens)
+    tie_embeddings: bool = True
+    attention: str = "dense"  # a name in research.attention's registry
+    dtype: str = "float32"  # activations and matmuls
+    param_dtype: str = "float32"
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids, decode: bool = False):
+        c = self.config
+        norm = dict(eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
+        h = make_norm(c.norm, name="attn_norm", **norm)(x)
+        h = Attention(
+            num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, attention=c.attention,
+            use_rope=c.position == "rope", rope_theta=c.rope_theta, dtype=c.dtype, param_dtype=c.param_dtype,
+            name="attn",
+        )(h, positions, segment_ids, decode=decode)
+        x = nn.with_logical_constraint(x + h, ACT)
+        h = make_norm(c.norm, name="mlp_norm", **norm)(x)
+        h = MLP(c.d_model, c.mlp_dim, kind=c.ffn, dtype=c.dtype, param_dtype=c.param_dtype, name="mlp")(h)
+        return nn.with_logical_constraint(x + h, ACT)
+
+
+class DecoderLM(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, *, positions=None, segment_ids=None, decode: bool = False):
+        """tokens: [batch, len] int -> logits [batch, len, vocab] float32.
+
+        positions: [batch, len], index within each packed segment (default 0..len-1).
+        segment_ids: [batch, len], packed documents attend only within themselves; 0 = padding.
+        decode: use and update the KV cache in the "cache" collection.
+        """
+        c = self.config
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        embed_init = nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed"))
+        embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=embed_init, dtype=c.dtype,
+                         param_dtype=c.param_dtype, name="embed")
+        x = embed(tokens)  # [b, len, d]
+        if c.position == "learned":
+            pos_init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, "embed"))
+            x = x + nn.Embed(c.max_len, c.d_model, embedding_init=pos_init, dtype=c.dtype,
+                             param_dtype=c.param_dtype, name="pos_embed")(positions)
+        elif c.position == "sinusoidal":
+            x = x + sinusoidal_embedding(positions, c.d_model).astype(x.dtype)
+        x = nn.with_logical_constraint(x, ACT)
+        for i in range(c.num_layers):
+            x = Block(c, name=f"block_{i}")(x, positions, segment_ids, decode)
+        x = make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, name="final_norm")(x)
+        if c.tie_embeddings:
+            # Unit-variance embeddings make tied logits too large at init; scale by 1/sqrt(d).
+            logits = embed.attend(x) * (c.d_model**-0.5)
+        else:
+            init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab"))
+            logits = nn.Dense(c.vocab_size, use_bias=False, kernel_init=init, dtype=c.dtype,
+                              param_dtype=c.param_dtype, name="lm_head")(x)
+        logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        return logits.astype(jnp.float32)
+
+
+def init_params(model: DecoderLM, rng: jax.Array, batch: int = 1):
+    """Boxed (logically partitioned) parameters; call under jax.eval_shape for shapes only."""
+    tokens = jnp.zeros((batch, min(8, model.config.max_len)), jnp.int32)
+    return model.init(rng, tokens)["params"]
