@@ -1,0 +1,147 @@
+"""The config schema, its validation, and the `get_config(arg)` helpers for experiment files.
+
+An experiment file starts from `default_config()` and changes values; it may
+not invent keys, so a typo fails here, naming the key, before anything compiles.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from research.attention import list_attention
+from research.layers.mlp import FFNS
+from research.layers.norms import NORMS
+from research.layers.position import POSITIONS
+from research.models import ModelConfig
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = dict(
+        vocab_size=-1,  # -1: the tokenizer's vocabulary size
+        num_layers=6, d_model=384, num_heads=6, num_kv_heads=6,
+        mlp_dim=-1,  # -1: 4 * d_model
+        ffn="gelu", norm="layernorm", norm_eps=1e-6, position="rope", rope_theta=10_000.0,
+        max_len=-1,  # -1: data.seq_len
+        tie_embeddings=True, attention="dense", dtype="float32", param_dtype="float32",
+    )
+    c.data = dict(
+        name="python_stdlib",  # our locally generated TFDS dataset, or any TFDS text dataset
+        data_dir="",  # "" = TFDS default (~/tensorflow_datasets)
+        text_key="text", train_split="train", eval_split="validation",
+        tokenizer="byte", seq_len=256,
+        num_shards=-1,  # -1: one per process. Fix it to make runs with different process counts see the same batches.
+    )
+    c.train = dict(
+        steps=1000, batch_size=16, grad_accum_steps=1, seed=0,
+        checkpoint_every=200, keep_checkpoints=3, async_checkpointing=True,
+        eval_every=200, eval_batches=8, log_every=10,
+    )
+    c.optim = dict(
+        learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.1,
+        b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0,
+    )
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: whatever the other axes leave
+    c.sample = dict(prompt="def ", num_samples=4, max_new_tokens=128, temperature=0.8, top_k=0, top_p=0.95)
+    return c
+
+
+def parse_arg(arg: str | None, **defaults):
+    """'a=1,b=x,flag' -> ConfigDict(a=1, b='x', flag=True), typed like `defaults`.
+
+    The part after ':' in `--config experiments/x.py:a=1,flag` reaches get_config as `arg`.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+        kind = type(defaults[key])
+        if kind is bool:
+            if sep and value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config argument {key!r} is a bool, got {value!r}")
+            out[key] = (not sep) or value.lower() in ("true", "1")
+        else:
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"config argument {key!r} must be {kind.__name__}, got {value!r}") from None
+    return out
+
+
+def _check_schema(config, schema, prefix=""):
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            raise ValueError(f"unknown config key {path!r}; known keys here: {sorted(schema.keys())}")
+        expected = schema[key]
+        if isinstance(expected, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ValueError(f"config key {path!r} must be a section, got {value!r}")
+            _check_schema(value, expected, prefix=path + ".")
+        elif isinstance(expected, float) and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        elif type(value) is not type(expected):
+            raise ValueError(
+                f"config key {path!r} must be {type(expected).__name__}, got {type(value).__name__} {value!r}"
+            )
+
+
+def _choice(path, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{path}={value!r}; choose one of {sorted(allowed)}")
+
+
+def _positive(config, *paths):
+    for path in paths:
+        section, key = path.split(".")
+        if config[section][key] <= 0:
+            raise ValueError(f"{path} must be > 0, got {config[section][key]}")
+
+
+def validate(config) -> None:
+    """Raises ValueError naming the first bad key. Cheap: runs before any compilation."""
+    _check_schema(config, default_config())
+    m, d, t = config.model, config.data, config.train
+    _positive(config, "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads",
+              "data.seq_len", "train.steps", "train.batch_size", "train.grad_accum_steps",
+              "train.checkpoint_every", "train.eval_every", "train.log_every", "optim.learning_rate")
+    if m.d_model % m.num_heads:
+        raise ValueError(f"model.num_heads={m.num_heads} must divide model.d_model={m.d_model}")
+    if m.num_heads % m.num_kv_heads:
+        raise ValueError(f"model.num_heads={m.num_heads} must be a multiple of model.num_kv_heads={m.num_kv_heads}")
+    if m.position == "rope" and (m.d_model // m.num_heads) % 2:
+        raise ValueError(f"model.position='rope' needs an even head dim, got {m.d_model // m.num_heads}")
+    _choice("model.ffn", m.ffn, FFNS)
+    _choice("model.norm", m.norm, NORMS)
+    _choice("model.position", m.position, POSITIONS)
+    _choice("model.attention", m.attention, list_attention())
+    _choice("model.dtype", m.dtype, DTYPES)
+    _choice("model.param_dtype", m.param_dtype, DTYPES)
+    _choice("data.tokenizer", d.tokenizer, ("byte",))
+    if 0 <= m.max_len < d.seq_len:
+        raise ValueError(f"model.max_len={m.max_len} is shorter than data.seq_len={d.seq_len}")
+    if t.batch_size % t.grad_accum_steps:
+        raise ValueError(
+            f"train.grad_accum_steps={t.grad_accum_steps} must divide train.batch_size={t.batch_size}"
+        )
+    for axis in ("data", "fsdp", "tensor"):
+        if config.mesh[axis] == 0 or config.mesh[axis] < -1:
+            raise ValueError(f"mesh.{axis} must be a positive size or -1, got {config.mesh[axis]}")
+
+
+def model_config(config, vocab_size: int) -> ModelConfig:
+    """The ModelConfig a validated config describes, with -1 defaults resolved."""
+    m = dict(config.model)
+    if m["vocab_size"] == -1:
+        m["vocab_size"] = vocab_size
+    elif m["vocab_size"] < vocab_size:
+        raise ValueError(f"model.vocab_size={m['vocab_size']} is smaller than the tokenizer's {vocab_size}")
+    if m["mlp_dim"] == -1:
+        m["mlp_dim"] = 4 * m["d_model"]
+    if m["max_len"] == -1:
+        m["max_len"] = config.data.seq_len
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in m.items() if k in fields})

@@ -1,0 +1,87 @@
+"""Orbax checkpoints of (train state, data iterator), and the workdir's config guard.
+
+A workdir holds one run: `config.json` records the config that created it, so
+a rerun resumes only if its config is compatible, and refuses (before writing
+anything) otherwise.
+"""
+
+import json
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+# A resumed run must compute the same function on the same data stream.
+# Other keys (train.steps, eval cadence, mesh, learning rate...) may change.
+RESUME_MUST_MATCH = ("model", "data.name", "data.tokenizer", "data.seq_len", "data.num_shards",
+                     "data.text_key", "data.train_split", "train.batch_size", "train.seed")
+
+
+def _lookup(config: dict, dotted: str):
+    for key in dotted.split("."):
+        config = config[key]
+    return config
+
+
+def check_resume_compatible(workdir, config) -> None:
+    """Raises ValueError naming every key where `config` differs from the workdir's run."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); refusing to reuse this workdir") from None
+    current = config.to_dict()
+    diffs = []
+    for key in RESUME_MUST_MATCH:
+        try:
+            old = _lookup(saved, key)
+        except KeyError:
+            old = "<missing>"
+        new = _lookup(current, key)
+        if isinstance(new, dict) and isinstance(old, dict):
+            diffs += [f"{key}.{k}: {old.get(k, '<missing>')!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+        elif old != new:
+            diffs.append(f"{key}: {old!r} -> {new!r}")
+    if diffs:
+        raise ValueError(
+            f"workdir {workdir} holds a run with an incompatible config; nothing was changed. "
+            f"Use a new --workdir, or the old values. Differences: {'; '.join(diffs)}"
+        )
+
+
+def save_config(workdir, config) -> None:
+    if jax.process_index() == 0:
+        (epath.Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
+
+def make_manager(workdir, *, keep: int, async_checkpointing: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_checkpointing, create=True
+    )
+    return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options, item_names=("state", "data"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, *, force=False) -> None:
+    """Async for the state (arrays are copied off-device first), synchronous for the
+    iterator's small JSON state, captured at this exact step."""
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+        ),
+        force=force,
+    )
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
+    """Restores into `abstract_state`'s shardings (the mesh may differ from the saving run's)."""
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator)
+        ),
+    )
+    return restored["state"]

@@ -1,0 +1,153 @@
+"""The training loop: one function, cut into sections.
+
+config -> tokenizer, model, mesh -> sharded state (fresh or restored) ->
+jit(train_step) -> loop with logging, eval and checkpoints.
+"""
+
+import functools
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from tqdm import tqdm
+
+from research import config as config_lib
+from research.data import ByteTokenizer, DataSpec, load_tokenizer, make_eval_batches, make_train_iterator
+from research.models import DecoderLM
+from research.train import checkpoint
+from research.train.metrics import MetricsWriter
+from research.train.sharding import LOGICAL_RULES, batch_sharding, make_mesh, mesh_shape
+from research.train.state import count_params, create_train_state, learning_rate_schedule, make_optimizer, state_shapes
+from research.train.step import eval_step, train_step
+
+
+def workdir_tokenizer(kind: str, workdir):
+    """The workdir's saved tokenizer when resuming, else a new one of `kind` (data.tokenizer)."""
+    path = epath.Path(workdir) / "tokenizer.json"
+    if path.exists():
+        return load_tokenizer(path)
+    if kind == "byte":
+        return ByteTokenizer()
+    raise ValueError(f"data.tokenizer={kind!r} is not supported; choose 'byte'")
+
+
+def data_spec(config) -> DataSpec:
+    d = config.data
+    num_shards = jax.process_count() if d.num_shards == -1 else d.num_shards
+    return DataSpec(
+        name=d.name, data_dir=d.data_dir or None, text_key=d.text_key, train_split=d.train_split,
+        eval_split=d.eval_split, seq_len=d.seq_len, global_batch_size=config.train.batch_size,
+        num_shards=num_shards, seed=config.train.seed,
+    )
+
+
+def check_batch_fits_mesh(config, num_devices: int) -> None:
+    sizes = mesh_shape(config.mesh, num_devices)
+    data_parallel = sizes["data"] * sizes["fsdp"]
+    micro = config.train.batch_size // config.train.grad_accum_steps
+    if micro % data_parallel:
+        raise ValueError(
+            f"train.batch_size={config.train.batch_size} / train.grad_accum_steps={config.train.grad_accum_steps} "
+            f"= {micro} rows per micro-batch must divide over mesh data*fsdp = {data_parallel} devices"
+        )
+    if config.model.num_heads % sizes["tensor"]:
+        raise ValueError(f"model.num_heads={config.model.num_heads} must be divisible by mesh.tensor={sizes['tensor']}")
+
+
+def _to_global(batch: dict, sharding) -> dict:
+    """This process's rows -> one global jax.Array per key, laid out by `sharding`."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def evaluate(eval_fn, params, batches, sharding) -> dict:
+    loss_sum = count = 0.0
+    for batch in batches:
+        out = jax.device_get(eval_fn(params, _to_global(batch, sharding)))
+        loss_sum += float(out["loss_sum"])
+        count += float(out["count"])
+    loss = loss_sum / max(count, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": float(np.exp(min(loss, 50.0)))}
+
+
+def train(config, workdir) -> dict:
+    """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+    # --- Validate everything before compiling or writing anything. ---
+    config_lib.validate(config)
+    workdir = epath.Path(workdir)
+    checkpoint.check_resume_compatible(workdir, config)
+    check_batch_fits_mesh(config, jax.device_count())
+    tokenizer = workdir_tokenizer(config.data.tokenizer, workdir)
+    model = DecoderLM(config_lib.model_config(config, tokenizer.vocab_size))
+    t = config.train
+
+    # --- Mesh, data, state. ---
+    mesh = make_mesh(config.mesh)
+    spec = data_spec(config)
+    train_iter = make_train_iterator(spec, tokenizer, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    eval_batches = make_eval_batches(spec, tokenizer, num_batches=t.eval_batches,
+                                     process_index=jax.process_index(), process_count=jax.process_count())
+    lr_fn = learning_rate_schedule(config.optim, t.steps)
+    tx = make_optimizer(config.optim, t.steps)
+    workdir.mkdir(parents=True, exist_ok=True)
+    manager = checkpoint.make_manager(workdir, keep=t.keep_checkpoints, async_checkpointing=t.async_checkpointing)
+    data_sharding = batch_sharding(mesh)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        abstract_state, state_sharding = state_shapes(model, tx, mesh)
+        start = manager.latest_step()
+        if start is None:
+            state, _ = create_train_state(model, tx, mesh, jax.random.key(t.seed))
+            start = 0
+        else:
+            state = checkpoint.restore(manager, start, abstract_state, train_iter)
+        checkpoint.save_config(workdir, config)
+        if jax.process_index() == 0:
+            tokenizer.save(workdir / "tokenizer.json")
+
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        p_train = jax.jit(
+            functools.partial(train_step, grad_accum_steps=t.grad_accum_steps, learning_rate_fn=lr_fn),
+            in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, replicated),
+            donate_argnums=0,
+        )
+        p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply),
+                         in_shardings=(state_sharding.params, data_sharding), out_shardings=replicated)
+
+        # --- Loop. ---
+        writer = MetricsWriter(workdir)
+        if start == 0:
+            writer.write(0, {"num_params": count_params(state.params), "devices": jax.device_count(),
+                             "processes": jax.process_count()})
+        tokens_per_step = t.batch_size * config.data.seq_len
+        last, window_start, window_steps = {}, time.perf_counter(), 0
+        bar = tqdm(range(start, t.steps), initial=start, total=t.steps, disable=jax.process_index() != 0,
+                   desc="train", dynamic_ncols=True)
+        for step in bar:
+            batch = _to_global(next(train_iter), data_sharding)
+            state, metrics = p_train(state, batch)
+            window_steps += 1
+            done = step + 1
+            if done % t.log_every == 0 or done == t.steps:
+                metrics = jax.device_get(metrics)  # blocks: the timing window ends here
+                elapsed = time.perf_counter() - window_start
+                last = {k: float(v) for k, v in metrics.items()}
+                last["tokens_per_sec"] = window_steps * tokens_per_step / elapsed
+                writer.write(done, last)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_sec']:.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            if done % t.eval_every == 0 or done == t.steps:
+                eval_metrics = evaluate(p_eval, state.params, eval_batches, data_sharding)
+                writer.write(done, eval_metrics)
+                last.update(eval_metrics)
+                window_start = time.perf_counter()
+            if done % t.checkpoint_every == 0 or done == t.steps:
+                checkpoint.save(manager, done, state, train_iter, force=True)
+                window_start = time.perf_counter()
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+    return last
