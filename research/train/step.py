@@ -54,7 +54,7 @@ def train_step(state, batch, *, grad_accum_steps: int, learning_rate_fn):
     grads = jax.tree.map(lambda g: g / count, grads)
     metrics = {
         "loss": loss_sum / count,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "learning_rate": learning_rate_fn(state.step),
         "target_tokens": count,
     }

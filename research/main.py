@@ -1,0 +1,59 @@
+r"""Train a model, then print samples.
+
+  python -m research.main --config experiments/quickstart.py[:key=value,...] \
+      --config.train.steps=200 --workdir DIR
+
+Rerunning with the same --workdir resumes from its newest checkpoint. For
+several processes (multi-host), pass --coordinator_address, --num_processes
+and --process_id, or launch where jax.distributed auto-detects the cluster
+(TPU pods, SLURM) with --distributed.
+"""
+
+import json
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file: path.py[:arg].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard, tokenizer.")
+_SAMPLE = flags.DEFINE_bool("sample", True, "Print config.sample.num_samples samples after training.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def maybe_initialize_distributed() -> None:
+    if _COORDINATOR.value is not None:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif _DISTRIBUTED.value:
+        jax.distributed.initialize()
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
+    maybe_initialize_distributed()
+    from research.train.loop import train  # after distributed init: the loop queries devices
+
+    config = _CONFIG.value
+    try:
+        last = train(config, _WORKDIR.value)
+    except ValueError as e:  # config / workdir problems: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if jax.process_index() == 0:
+        print(json.dumps({"final": last}))
+    if _SAMPLE.value and jax.process_index() == 0 and jax.process_count() == 1:
+        from research.sample import print_samples
+
+        s = config.sample
+        print_samples(_WORKDIR.value, [s.prompt] * s.num_samples, max_new_tokens=s.max_new_tokens,
+                      temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=config.train.seed)
+
+
+if __name__ == "__main__":
+    app.run(main)
