@@ -9,7 +9,6 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from tqdm import tqdm
@@ -123,22 +122,32 @@ def train(config, workdir) -> dict:
             writer.write(0, {"num_params": count_params(state.params), "devices": jax.device_count(),
                              "processes": jax.process_count()})
         tokens_per_step = t.batch_size * config.data.seq_len
-        last, window_start, window_steps = {}, time.perf_counter(), 0
+        last, window, timed_steps, window_start = {}, [], 0, time.perf_counter()
         bar = tqdm(range(start, t.steps), initial=start, total=t.steps, disable=jax.process_index() != 0,
                    desc="train", dynamic_ncols=True)
         for step in bar:
             batch = _to_global(next(train_iter), data_sharding)
             state, metrics = p_train(state, batch)
-            window_steps += 1
+            window.append(metrics)  # device arrays: no host sync until we log
+            timed_steps += 1
+            if step == start:  # the first call compiles: keep it out of tokens_per_sec
+                jax.block_until_ready(metrics)
+                timed_steps, window_start = 0, time.perf_counter()
             done = step + 1
             if done % t.log_every == 0 or done == t.steps:
-                metrics = jax.device_get(metrics)  # blocks: the timing window ends here
+                window = jax.device_get(window)  # blocks: the timing window ends here
                 elapsed = time.perf_counter() - window_start
-                last = {k: float(v) for k, v in metrics.items()}
-                last["tokens_per_sec"] = window_steps * tokens_per_step / elapsed
+                # One batch's loss is noisy (files differ a lot); log the window's token-weighted mean.
+                tokens = sum(float(m["target_tokens"]) for m in window)
+                last = {
+                    "loss": sum(float(m["loss"]) * float(m["target_tokens"]) for m in window) / tokens,
+                    "grad_norm": float(np.mean([m["grad_norm"] for m in window])),
+                    "learning_rate": float(window[-1]["learning_rate"]),
+                    "tokens_per_sec": timed_steps * tokens_per_step / elapsed if timed_steps else None,
+                }
                 writer.write(done, last)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_sec']:.0f}")
-                window_start, window_steps = time.perf_counter(), 0
+                window, timed_steps, window_start = [], 0, time.perf_counter()
             if done % t.eval_every == 0 or done == t.steps:
                 eval_metrics = evaluate(p_eval, state.params, eval_batches, data_sharding)
                 writer.write(done, eval_metrics)

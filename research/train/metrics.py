@@ -26,7 +26,7 @@ class MetricsWriter:
         with self._path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._tb.add_scalar(key, value, step)
         self._tb.flush()
 
