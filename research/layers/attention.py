@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.attention import get_attention
+from research.attention import cached_attention, get_attention
 from research.layers.position import apply_rope
 
 
@@ -66,23 +66,21 @@ class Attention(nn.Module):
         batch, q_len = q.shape[:2]
         if segment_ids is None:
             segment_ids = jnp.ones((batch, q_len), jnp.int32)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # heads-major: [b, kvh, len, hd]
         initialized = self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
         cached_seg = self.variable("cache", "cached_segment_ids", jnp.zeros, segment_ids.shape, jnp.int32)
         index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
-        if not initialized:  # shape-only pass that creates the cache
-            return get_attention("dense")(q, k, v, causal=True, segment_ids=segment_ids)
-
         i = index.value
-        cache_len = cached_k.value.shape[1]
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
-        cached_seg.value = jax.lax.dynamic_update_slice(cached_seg.value, segment_ids.astype(jnp.int32), (0, i))
-        index.value = i + q_len
+        if initialized:  # (the first, shape-only pass just creates the cache)
+            cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, 0, i, 0))
+            cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, 0, i, 0))
+            cached_seg.value = jax.lax.dynamic_update_slice(cached_seg.value, segment_ids.astype(jnp.int32), (0, i))
+            index.value = i + q_len
+        cache_len = cached_k.value.shape[2]
         q_slot = i + jnp.arange(q_len)
-        causal = (jnp.arange(cache_len)[None, :] <= q_slot[:, None])[None, None]  # [1, 1, q, cache]
-        # Single-query steps are memory-bound: the dense reference is the right kernel here.
-        return get_attention("dense")(
-            q, cached_k.value, cached_v.value, mask=causal, segment_ids=(segment_ids, cached_seg.value)
-        )
+        causal = jnp.arange(cache_len)[None, :] <= q_slot[:, None]  # [q, cache]
+        seg = cached_seg.value
+        mask = causal[None] & (segment_ids[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+        return cached_attention(q, cached_k.value, cached_v.value, mask[:, None])
