@@ -20,6 +20,8 @@ SIZES = {
 
 def get_config(arg=None):
     arg = parse_arg(arg, size="tiny", steps=0)
+    if arg.size not in SIZES:
+        raise ValueError(f"quickstart size={arg.size!r}; choose one of {sorted(SIZES)}")
     layers, d_model, heads, kv_heads, seq_len, batch, steps, lr = SIZES[arg.size]
     c = default_config()
     c.model.update(num_layers=layers, d_model=d_model, num_heads=heads, num_kv_heads=kv_heads,

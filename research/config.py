@@ -5,6 +5,8 @@ not invent keys, so a typo fails here, naming the key, before anything compiles.
 """
 
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
@@ -69,6 +71,25 @@ def parse_arg(arg: str | None, **defaults):
             except ValueError:
                 raise ValueError(f"config argument {key!r} must be {kind.__name__}, got {value!r}") from None
     return out
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """'experiments/x.py[:arg]' -> validated get_config(arg), as `--config` does on the command line.
+
+    For notebooks and scripts; relative paths are taken from the repository root
+    when they don't exist from the current directory.
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+    module_spec = importlib.util.spec_from_file_location("experiment_config", path)
+    if module_spec is None or not os.path.exists(path):
+        raise ValueError(f"config file {spec.partition(':')[0]!r} not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    validate(config)
+    return config
 
 
 def _check_schema(config, schema, prefix=""):
