@@ -60,9 +60,10 @@ def main(argv):
     ours = our_tokens_per_sec()
     peer = common.peer_or_none(hf_peer.hf_train_tokens_per_sec, layers=f.layers, d_model=f.d_model, heads=f.heads,
                                vocab=f.vocab, seq=f.seq, batch=f.batch, steps=max(3, f.steps // 2))
-    rows = [{"impl": "research (jax)", "tokens/s": ours, "peak fraction": ours * flops_per_token / peak}]
+    rows = [{"impl": "research (jax)", "tokens/s": ours, "% of matmul peak": 100 * ours * flops_per_token / peak}]
     if peer:
-        rows.append({"impl": "hf gpt2 (torch)", "tokens/s": peer, "peak fraction": peer * flops_per_token / peak})
+        rows.append({"impl": "hf gpt2 (torch)", "tokens/s": peer,
+                     "% of matmul peak": 100 * peer * flops_per_token / peak})
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     common.print_table(rows)
     common.print_json({

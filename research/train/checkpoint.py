@@ -77,7 +77,18 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, *, for
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
-    """Restores into `abstract_state`'s shardings (the mesh may differ from the saving run's)."""
+    """Restores into `abstract_state`'s shardings (the mesh may differ from the saving run's).
+
+    The data iterator's state is per process, so the process count must match the saving run's.
+    """
+    data_dir = epath.Path(manager.directory) / str(step) / "data"
+    mine = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if data_dir.exists() and not mine.exists():
+        saved = sorted(p.name for p in data_dir.glob("process_*.json"))
+        raise ValueError(
+            f"checkpoint {step} in {manager.directory} holds data-iterator states {saved}, written by a run with "
+            f"another process count than this one ({jax.process_count()}); resume with the same number of processes"
+        )
     restored = manager.restore(
         step,
         args=ocp.args.Composite(

@@ -146,16 +146,22 @@ def train(config, workdir) -> dict:
                     "tokens_per_sec": timed_steps * tokens_per_step / elapsed if timed_steps else None,
                 }
                 writer.write(done, last)
-                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_sec']:.0f}")
+                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_sec'] or 0:.0f}")
                 window, timed_steps, window_start = [], 0, time.perf_counter()
-            if done % t.eval_every == 0 or done == t.steps:
-                eval_metrics = evaluate(p_eval, state.params, eval_batches, data_sharding)
-                writer.write(done, eval_metrics)
-                last.update(eval_metrics)
-                window_start = time.perf_counter()
-            if done % t.checkpoint_every == 0 or done == t.steps:
-                checkpoint.save(manager, done, state, train_iter, force=True)
-                window_start = time.perf_counter()
+            evaluating = done % t.eval_every == 0 or done == t.steps
+            saving = done % t.checkpoint_every == 0 or done == t.steps
+            if evaluating or saving:
+                # Keep eval and checkpoint time out of tokens_per_sec: finish the queued
+                # train steps first, then push the window's start back by what follows.
+                jax.block_until_ready(state)
+                paused = time.perf_counter()
+                if evaluating:
+                    eval_metrics = evaluate(p_eval, state.params, eval_batches, data_sharding)
+                    writer.write(done, eval_metrics)
+                    last.update(eval_metrics)
+                if saving:
+                    checkpoint.save(manager, done, state, train_iter, force=True)
+                window_start += time.perf_counter() - paused
         manager.wait_until_finished()
         manager.close()
         writer.close()
