@@ -12,7 +12,7 @@ from research.config import default_config, parse_arg
 
 SIZES = {
     # num_layers, d_model, num_heads, num_kv_heads, seq_len, batch_size, steps, learning_rate
-    "tiny": (4, 128, 4, 2, 128, 16, 400, 2e-3),
+    "tiny": (4, 128, 4, 2, 128, 32, 500, 2e-3),
     "small": (6, 384, 6, 2, 256, 32, 5_000, 1e-3),
     "base": (12, 768, 12, 4, 1024, 128, 50_000, 6e-4),
 }
@@ -28,7 +28,7 @@ def get_config(arg=None):
                    ffn="swiglu", norm="rmsnorm", position="rope", mlp_dim=(8 * d_model // 3 + 63) // 64 * 64)
     c.data.seq_len = seq_len
     c.train.update(steps=arg.steps or steps, batch_size=batch, eval_every=max((arg.steps or steps) // 4, 1),
-                   checkpoint_every=max((arg.steps or steps) // 2, 1), eval_batches=4, log_every=20)
+                   checkpoint_every=max((arg.steps or steps) // 2, 1), eval_batches=4, log_every=25)
     c.optim.update(learning_rate=lr, warmup_steps=min(100, (arg.steps or steps) // 10))
     c.sample.update(num_samples=3, max_new_tokens=seq_len // 2)
     return c

@@ -43,7 +43,8 @@ def load_model(workdir):
 def print_samples(workdir, prompts, *, max_new_tokens, temperature, top_k, top_p, seed=0):
     model, params, tokenizer, _ = load_model(workdir)
     encoded = [tokenizer.encode(p).tolist() for p in prompts]
-    max_new_tokens = min(max_new_tokens, model.config.max_len - max(len(e) for e in encoded))
+    # Cap the new tokens by what the context has left (generate() refuses prompts that fill it).
+    max_new_tokens = max(1, min(max_new_tokens, model.config.max_len - max(len(e) for e in encoded)))
     outs = generate(model, params, encoded, max_new_tokens=max_new_tokens, rng=jax.random.key(seed),
                     temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=(tokenizer.eos_id,),
                     pad_id=tokenizer.pad_id)

@@ -85,6 +85,8 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     """
     c = model.config
     longest = max((len(p) for p in prompts), default=0)
+    if longest >= c.max_len:
+        raise ValueError(f"a prompt of {longest} tokens leaves no room in the context, model.max_len={c.max_len}")
     if longest + max_new_tokens > c.max_len:
         raise ValueError(
             f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the context, model.max_len={c.max_len}"

@@ -18,6 +18,7 @@ from research.data import ByteTokenizer, DataSpec, load_tokenizer, make_eval_bat
 from research.models import DecoderLM
 from research.train import checkpoint
 from research.train.metrics import MetricsWriter
+from research.train.report import write_report
 from research.train.sharding import LOGICAL_RULES, batch_sharding, make_mesh, mesh_shape
 from research.train.state import count_params, create_train_state, learning_rate_schedule, make_optimizer, state_shapes
 from research.train.step import eval_step, train_step
@@ -165,4 +166,6 @@ def train(config, workdir) -> dict:
         manager.wait_until_finished()
         manager.close()
         writer.close()
+    if jax.process_index() == 0:
+        write_report(workdir)
     return last

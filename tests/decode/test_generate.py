@@ -72,6 +72,8 @@ def test_bad_prompts_rejected_before_compiling(model_and_params):
     model, params = model_and_params
     with pytest.raises(ValueError, match="model.max_len=32"):
         generate(model, params, [[1] * 30], max_new_tokens=5)
+    with pytest.raises(ValueError, match="leaves no room"):
+        generate(model, params, [[1] * 40], max_new_tokens=1)
     with pytest.raises(ValueError, match="outside"):
         generate(model, params, [[1, 61]], max_new_tokens=2)
 

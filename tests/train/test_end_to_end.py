@@ -34,6 +34,7 @@ def test_quickstart_smoke_trains_and_samples(tmp_path, data_dir):
     assert [m["step"] for m in metrics if "eval_loss" in m] == [20, 40]
     assert train[-1]["loss"] < train[0]["loss"] - 0.5  # from ~log(259) = 5.6 the loss falls quickly
     assert (workdir / "tensorboard").is_dir() and (workdir / "tokenizer.json").exists()
+    assert (workdir / "loss.png").stat().st_size > 0 and "| 40 |" in (workdir / "results.md").read_text()
     assert result.stdout.count("=" * 80) == 2  # two samples printed
     sample = run([sys.executable, "-m", "research.sample", f"--workdir={workdir}", "--prompt=def ", "--prompt=import ",
                   "--max_new_tokens=8", "--temperature=0"])
