@@ -24,11 +24,25 @@ def get_config(arg=None):
         raise ValueError(f"quickstart size={arg.size!r}; choose one of {sorted(SIZES)}")
     layers, d_model, heads, kv_heads, seq_len, batch, steps, lr = SIZES[arg.size]
     c = default_config()
-    c.model.update(num_layers=layers, d_model=d_model, num_heads=heads, num_kv_heads=kv_heads,
-                   ffn="swiglu", norm="rmsnorm", position="rope", mlp_dim=(8 * d_model // 3 + 63) // 64 * 64)
+    c.model.update(
+        num_layers=layers,
+        d_model=d_model,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        ffn="swiglu",
+        norm="rmsnorm",
+        position="rope",
+        mlp_dim=(8 * d_model // 3 + 63) // 64 * 64,
+    )
     c.data.seq_len = seq_len
-    c.train.update(steps=arg.steps or steps, batch_size=batch, eval_every=max((arg.steps or steps) // 4, 1),
-                   checkpoint_every=max((arg.steps or steps) // 2, 1), eval_batches=4, log_every=25)
+    c.train.update(
+        steps=arg.steps or steps,
+        batch_size=batch,
+        eval_every=max((arg.steps or steps) // 4, 1),
+        checkpoint_every=max((arg.steps or steps) // 2, 1),
+        eval_batches=4,
+        log_every=25,
+    )
     c.optim.update(learning_rate=lr, warmup_steps=min(100, (arg.steps or steps) // 10))
     c.sample.update(num_samples=3, max_new_tokens=seq_len // 2)
     return c

@@ -23,27 +23,53 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = dict(
         vocab_size=-1,  # -1: the tokenizer's vocabulary size
-        num_layers=6, d_model=384, num_heads=6, num_kv_heads=6,
+        num_layers=6,
+        d_model=384,
+        num_heads=6,
+        num_kv_heads=6,
         mlp_dim=-1,  # -1: 4 * d_model
-        ffn="gelu", norm="layernorm", norm_eps=1e-6, position="rope", rope_theta=10_000.0,
+        ffn="gelu",
+        norm="layernorm",
+        norm_eps=1e-6,
+        position="rope",
+        rope_theta=10_000.0,
         max_len=-1,  # -1: data.seq_len
-        tie_embeddings=True, attention="dense", dtype="float32", param_dtype="float32",
+        tie_embeddings=True,
+        attention="dense",
+        dtype="float32",
+        param_dtype="float32",
     )
     c.data = dict(
         name="python_stdlib",  # our locally generated TFDS dataset, or any TFDS text dataset
         data_dir="",  # "" = TFDS default (~/tensorflow_datasets)
-        text_key="text", train_split="train", eval_split="validation",
-        tokenizer="byte", seq_len=256,
+        text_key="text",
+        train_split="train",
+        eval_split="validation",
+        tokenizer="byte",
+        seq_len=256,
         num_shards=-1,  # -1: one per process. Fix it to make runs with different process counts see the same batches.
     )
     c.train = dict(
-        steps=1000, batch_size=16, grad_accum_steps=1, seed=0,
-        checkpoint_every=200, keep_checkpoints=3, async_checkpointing=True,
-        eval_every=200, eval_batches=8, log_every=10,
+        steps=1000,
+        batch_size=16,
+        grad_accum_steps=1,
+        seed=0,
+        checkpoint_every=200,
+        keep_checkpoints=3,
+        async_checkpointing=True,
+        eval_every=200,
+        eval_batches=8,
+        log_every=10,
     )
     c.optim = dict(
-        learning_rate=1e-3, warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.1,
-        b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0,
+        learning_rate=1e-3,
+        warmup_steps=100,
+        min_lr_ratio=0.1,
+        weight_decay=0.1,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        clip_norm=1.0,
     )
     c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: whatever the other axes leave
     c.sample = dict(prompt="def ", num_samples=4, max_new_tokens=128, temperature=0.8, top_k=0, top_p=0.95)
@@ -126,9 +152,21 @@ def validate(config) -> None:
     """Raises ValueError naming the first bad key. Cheap: runs before any compilation."""
     _check_schema(config, default_config())
     m, d, t = config.model, config.data, config.train
-    _positive(config, "model.num_layers", "model.d_model", "model.num_heads", "model.num_kv_heads",
-              "data.seq_len", "train.steps", "train.batch_size", "train.grad_accum_steps",
-              "train.checkpoint_every", "train.eval_every", "train.log_every", "optim.learning_rate")
+    _positive(
+        config,
+        "model.num_layers",
+        "model.d_model",
+        "model.num_heads",
+        "model.num_kv_heads",
+        "data.seq_len",
+        "train.steps",
+        "train.batch_size",
+        "train.grad_accum_steps",
+        "train.checkpoint_every",
+        "train.eval_every",
+        "train.log_every",
+        "optim.learning_rate",
+    )
     if m.d_model % m.num_heads:
         raise ValueError(f"model.num_heads={m.num_heads} must divide model.d_model={m.d_model}")
     if m.num_heads % m.num_kv_heads:
@@ -145,9 +183,7 @@ def validate(config) -> None:
     if 0 <= m.max_len < d.seq_len:
         raise ValueError(f"model.max_len={m.max_len} is shorter than data.seq_len={d.seq_len}")
     if t.batch_size % t.grad_accum_steps:
-        raise ValueError(
-            f"train.grad_accum_steps={t.grad_accum_steps} must divide train.batch_size={t.batch_size}"
-        )
+        raise ValueError(f"train.grad_accum_steps={t.grad_accum_steps} must divide train.batch_size={t.batch_size}")
     for axis in ("data", "fsdp", "tensor"):
         if config.mesh[axis] == 0 or config.mesh[axis] < -1:
             raise ValueError(f"mesh.{axis} must be a positive size or -1, got {config.mesh[axis]}")

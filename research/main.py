@@ -51,8 +51,15 @@ def main(argv):
         from research.sample import print_samples
 
         s = config.sample
-        print_samples(_WORKDIR.value, [s.prompt] * s.num_samples, max_new_tokens=s.max_new_tokens,
-                      temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=config.train.seed)
+        print_samples(
+            _WORKDIR.value,
+            [s.prompt] * s.num_samples,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            seed=config.train.seed,
+        )
 
 
 if __name__ == "__main__":

@@ -45,10 +45,19 @@ def print_samples(workdir, prompts, *, max_new_tokens, temperature, top_k, top_p
     encoded = [tokenizer.encode(p).tolist() for p in prompts]
     # Cap the new tokens by what the context has left (generate() refuses prompts that fill it).
     max_new_tokens = max(1, min(max_new_tokens, model.config.max_len - max(len(e) for e in encoded)))
-    outs = generate(model, params, encoded, max_new_tokens=max_new_tokens, rng=jax.random.key(seed),
-                    temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=(tokenizer.eos_id,),
-                    pad_id=tokenizer.pad_id)
-    for prompt, out in zip(prompts, outs):
+    outs = generate(
+        model,
+        params,
+        encoded,
+        max_new_tokens=max_new_tokens,
+        rng=jax.random.key(seed),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_tokens=(tokenizer.eos_id,),
+        pad_id=tokenizer.pad_id,
+    )
+    for prompt, out in zip(prompts, outs, strict=True):
         print("=" * 80)
         print(prompt + tokenizer.decode(out))
     return outs
@@ -57,8 +66,15 @@ def print_samples(workdir, prompts, *, max_new_tokens, temperature, top_k, top_p
 def main(argv):
     del argv
     f = flags.FLAGS
-    print_samples(f.workdir, f.prompt, max_new_tokens=f.max_new_tokens, temperature=f.temperature,
-                  top_k=f.top_k, top_p=f.top_p, seed=f.seed)
+    print_samples(
+        f.workdir,
+        f.prompt,
+        max_new_tokens=f.max_new_tokens,
+        temperature=f.temperature,
+        top_k=f.top_k,
+        top_p=f.top_p,
+        seed=f.seed,
+    )
 
 
 if __name__ == "__main__":

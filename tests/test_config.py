@@ -29,16 +29,19 @@ def test_quickstart_sizes_and_bad_size():
         load_config("experiments/quickstart.py:size=huge")
 
 
-@pytest.mark.parametrize("section,key,value,message", [
-    ("model", "d_model", 100, "model.num_heads=6 must divide model.d_model=100"),
-    ("model", "num_kv_heads", 4, "model.num_heads=6 must be a multiple of model.num_kv_heads=4"),
-    ("model", "ffn", "relu", "model.ffn='relu'"),
-    ("model", "position", "alibi", "model.position='alibi'"),
-    ("model", "max_len", 128, "model.max_len=128 is shorter than data.seq_len=256"),
-    ("train", "grad_accum_steps", 3, "train.grad_accum_steps=3 must divide train.batch_size=16"),
-    ("train", "steps", 0, "train.steps must be > 0"),
-    ("mesh", "fsdp", 0, "mesh.fsdp"),
-])
+@pytest.mark.parametrize(
+    "section,key,value,message",
+    [
+        ("model", "d_model", 100, "model.num_heads=6 must divide model.d_model=100"),
+        ("model", "num_kv_heads", 4, "model.num_heads=6 must be a multiple of model.num_kv_heads=4"),
+        ("model", "ffn", "relu", "model.ffn='relu'"),
+        ("model", "position", "alibi", "model.position='alibi'"),
+        ("model", "max_len", 128, "model.max_len=128 is shorter than data.seq_len=256"),
+        ("train", "grad_accum_steps", 3, "train.grad_accum_steps=3 must divide train.batch_size=16"),
+        ("train", "steps", 0, "train.steps must be > 0"),
+        ("mesh", "fsdp", 0, "mesh.fsdp"),
+    ],
+)
 def test_validate_names_the_key(section, key, value, message):
     c = default_config()
     c[section][key] = value

@@ -17,8 +17,8 @@ Pallas TPU, interpret): a registry name is one (variant, implementation) pair
 and modules only ever hold the name.
 """
 
-from research.attention.registry import get_attention, list_attention, register_attention
 from research.attention.dense import cached_attention, dense_attention, make_attention_mask
+from research.attention.registry import get_attention, list_attention, register_attention
 
 __all__ = [
     "cached_attention",

@@ -76,7 +76,7 @@ def cached_attention(q, k_cache, v_cache, mask):
     and a per-step copy of the whole cache would dominate its cost.
     """
     batch, q_len, heads, head_dim = q.shape
-    kv_heads, cache_len = k_cache.shape[1], k_cache.shape[2]
+    kv_heads, _cache_len = k_cache.shape[1], k_cache.shape[2]
     groups = heads // kv_heads
     qh = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
     qh = qh.reshape(batch, kv_heads, groups * q_len, head_dim) * jnp.asarray(head_dim**-0.5, q.dtype)

@@ -1,6 +1,6 @@
 """Name -> attention function registry (see research.attention for the signature)."""
 
-from typing import Callable
+from collections.abc import Callable
 
 AttentionFn = Callable[..., "jax.Array"]  # noqa: F821 (documented signature, not enforced)
 

@@ -22,11 +22,24 @@ flags.DEFINE_bool("peer", True, "Also time Hugging Face's PyTorch GPT-2 (needs t
 
 def gpt2_like_model(max_len: int) -> DecoderLM:
     f = flags.FLAGS
-    return DecoderLM(ModelConfig(
-        vocab_size=f.vocab, num_layers=f.layers, d_model=f.d_model, num_heads=f.heads, num_kv_heads=f.heads,
-        mlp_dim=4 * f.d_model, ffn="gelu", norm="layernorm", norm_eps=1e-5, position="learned", max_len=max_len,
-        tie_embeddings=True, attention=f.attention, dtype=f.dtype,
-    ))
+    return DecoderLM(
+        ModelConfig(
+            vocab_size=f.vocab,
+            num_layers=f.layers,
+            d_model=f.d_model,
+            num_heads=f.heads,
+            num_kv_heads=f.heads,
+            mlp_dim=4 * f.d_model,
+            ffn="gelu",
+            norm="layernorm",
+            norm_eps=1e-5,
+            position="learned",
+            max_len=max_len,
+            tie_embeddings=True,
+            attention=f.attention,
+            dtype=f.dtype,
+        )
+    )
 
 
 def peer_or_none(fn, **kwargs):

@@ -47,11 +47,24 @@ def main(argv):
     rows, record = [], {"tokens_per_sec": {}, "peer_tokens_per_sec": {}, "speedup_vs_peer": {}}
     for batch in f.batch:
         ours = our_tokens_per_sec(model, params, batch)
-        peer = common.peer_or_none(hf_peer.hf_generate_tokens_per_sec, layers=f.layers, d_model=f.d_model,
-                                   heads=f.heads, vocab=f.vocab, prompt_len=f.prompt_len, new_tokens=f.new_tokens,
-                                   batch=batch)
-        rows.append({"batch": batch, "research tok/s": ours, "hf generate tok/s": peer or float("nan"),
-                     "speedup": ours / peer if peer else float("nan")})
+        peer = common.peer_or_none(
+            hf_peer.hf_generate_tokens_per_sec,
+            layers=f.layers,
+            d_model=f.d_model,
+            heads=f.heads,
+            vocab=f.vocab,
+            prompt_len=f.prompt_len,
+            new_tokens=f.new_tokens,
+            batch=batch,
+        )
+        rows.append(
+            {
+                "batch": batch,
+                "research tok/s": ours,
+                "hf generate tok/s": peer or float("nan"),
+                "speedup": ours / peer if peer else float("nan"),
+            }
+        )
         record["tokens_per_sec"][str(batch)] = ours
         record["peer_tokens_per_sec"][str(batch)] = peer
         record["speedup_vs_peer"][str(batch)] = ours / peer if peer else None

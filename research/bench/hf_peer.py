@@ -12,10 +12,7 @@ import importlib.util
 import json
 import time
 
-_MISSING = (
-    "The Hugging Face peer benchmark needs torch and transformers; "
-    "install them with `pip install -e .[peers]`."
-)
+_MISSING = "The Hugging Face peer benchmark needs torch and transformers; install them with `pip install -e .[peers]`."
 
 
 def peer_available() -> bool:
@@ -31,21 +28,28 @@ def _build_model(*, layers, d_model, heads, vocab, n_positions):
         raise ImportError(_MISSING) from e
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=vocab, n_positions=n_positions, n_embd=d_model, n_layer=layers,
-        n_head=heads, n_inner=4 * d_model,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # dropout off: compare pure compute
+        vocab_size=vocab,
+        n_positions=n_positions,
+        n_embd=d_model,
+        n_layer=layers,
+        n_head=heads,
+        n_inner=4 * d_model,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,  # dropout off: compare pure compute
         # GPT-2's default bos/eos ids (50256) lie outside a small vocab; no EOS also
         # means generation never stops early, so every run makes exactly new_tokens.
-        bos_token_id=None, eos_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
     )  # tie_word_embeddings=True is the GPT-2 default, kept
     return torch, GPT2LMHeadModel(config).to(torch.float32)
 
 
-def hf_train_tokens_per_sec(*, layers: int, d_model: int, heads: int, vocab: int, seq: int,
-                            batch: int, steps: int = 10, warmup: int = 2) -> float:
+def hf_train_tokens_per_sec(
+    *, layers: int, d_model: int, heads: int, vocab: int, seq: int, batch: int, steps: int = 10, warmup: int = 2
+) -> float:
     """Tokens/s of full AdamW training steps (forward, loss, backward, update) on random tokens."""
-    torch, model = _build_model(layers=layers, d_model=d_model, heads=heads, vocab=vocab,
-                                n_positions=seq)
+    torch, model = _build_model(layers=layers, d_model=d_model, heads=heads, vocab=vocab, n_positions=seq)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
@@ -65,16 +69,16 @@ def hf_train_tokens_per_sec(*, layers: int, d_model: int, heads: int, vocab: int
     return batch * seq * steps / (time.perf_counter() - t0)
 
 
-def hf_generate_tokens_per_sec(*, layers: int, d_model: int, heads: int, vocab: int,
-                               prompt_len: int, new_tokens: int, batch: int,
-                               repeats: int = 3) -> float:
+def hf_generate_tokens_per_sec(
+    *, layers: int, d_model: int, heads: int, vocab: int, prompt_len: int, new_tokens: int, batch: int, repeats: int = 3
+) -> float:
     """New tokens/s of greedy KV-cached `model.generate` (best of `repeats` after one warmup)."""
-    torch, model = _build_model(layers=layers, d_model=d_model, heads=heads, vocab=vocab,
-                                n_positions=prompt_len + new_tokens)
+    torch, model = _build_model(
+        layers=layers, d_model=d_model, heads=heads, vocab=vocab, n_positions=prompt_len + new_tokens
+    )
     model.eval()
     ids = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  use_cache=True, pad_token_id=0)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
     best = float("inf")
     with torch.inference_mode():
         model.generate(ids, **kwargs)  # warmup
@@ -109,26 +113,37 @@ def main(argv=None):
     print(f"train    batch={a.batch} seq={a.seq}: {train:,.0f} tokens/s")
     gen = {}
     for b in (int(x) for x in a.gen_batches.split(",")):
-        gen[b] = hf_generate_tokens_per_sec(**shape, prompt_len=a.prompt_len,
-                                            new_tokens=a.new_tokens, batch=b)
+        gen[b] = hf_generate_tokens_per_sec(**shape, prompt_len=a.prompt_len, new_tokens=a.new_tokens, batch=b)
         print(f"generate batch={b} prompt={a.prompt_len} new={a.new_tokens}: {gen[b]:,.0f} tokens/s")
     # Peak is measured with JAX (our framework) so both sides share one yardstick.
     peak = measure_matmul_peak_flops()
     model_flops = train * transformer_train_flops_per_token(a.layers, a.d_model, a.vocab, a.seq)
-    print(f"train model FLOP/s {model_flops / 1e9:.1f} G of f32 matmul peak {peak / 1e9:.1f} G "
-          f"= {model_flops / peak:.1%}")
+    print(
+        f"train model FLOP/s {model_flops / 1e9:.1f} G of f32 matmul peak {peak / 1e9:.1f} G = {model_flops / peak:.1%}"
+    )
     import torch
     import transformers
 
-    print(json.dumps({
-        "peer": "hf_gpt2_pytorch_cpu_f32", "torch": torch.__version__,
-        "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-        **shape, "seq": a.seq, "batch": a.batch, "train_tokens_per_sec": train,
-        "prompt_len": a.prompt_len, "new_tokens": a.new_tokens,
-        "generate_tokens_per_sec": {str(b): v for b, v in gen.items()},
-        "matmul_peak_flops": peak, "train_model_flops_per_sec": model_flops,
-        "train_peak_fraction": model_flops / peak,
-    }))
+    print(
+        json.dumps(
+            {
+                "peer": "hf_gpt2_pytorch_cpu_f32",
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "threads": torch.get_num_threads(),
+                **shape,
+                "seq": a.seq,
+                "batch": a.batch,
+                "train_tokens_per_sec": train,
+                "prompt_len": a.prompt_len,
+                "new_tokens": a.new_tokens,
+                "generate_tokens_per_sec": {str(b): v for b, v in gen.items()},
+                "matmul_peak_flops": peak,
+                "train_model_flops_per_sec": model_flops,
+                "train_peak_fraction": model_flops / peak,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

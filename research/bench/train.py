@@ -34,12 +34,20 @@ def our_tokens_per_sec() -> float:
     mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1))
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         state, shardings = create_train_state(model, make_optimizer(optim, 1000), mesh, jax.random.key(0))
-        step = jax.jit(functools.partial(train_step, grad_accum_steps=1,
-                                         learning_rate_fn=learning_rate_schedule(optim, 1000)),
-                       in_shardings=(shardings, batch_sharding(mesh)), donate_argnums=0)
+        step = jax.jit(
+            functools.partial(train_step, grad_accum_steps=1, learning_rate_fn=learning_rate_schedule(optim, 1000)),
+            in_shardings=(shardings, batch_sharding(mesh)),
+            donate_argnums=0,
+        )
         tokens = jax.random.randint(jax.random.key(1), (f.batch, f.seq), 0, f.vocab)
-        batch = jax.device_put({"tokens": tokens, "segment_ids": jnp.ones_like(tokens),
-                                "positions": jnp.broadcast_to(jnp.arange(f.seq), tokens.shape)}, batch_sharding(mesh))
+        batch = jax.device_put(
+            {
+                "tokens": tokens,
+                "segment_ids": jnp.ones_like(tokens),
+                "positions": jnp.broadcast_to(jnp.arange(f.seq), tokens.shape),
+            },
+            batch_sharding(mesh),
+        )
         for _ in range(1 + f.warmup):  # the first call compiles
             state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
@@ -58,19 +66,34 @@ def main(argv):
     peak = measure_matmul_peak_flops("float32")
     flops_per_token = transformer_train_flops_per_token(f.layers, f.d_model, f.vocab, f.seq)
     ours = our_tokens_per_sec()
-    peer = common.peer_or_none(hf_peer.hf_train_tokens_per_sec, layers=f.layers, d_model=f.d_model, heads=f.heads,
-                               vocab=f.vocab, seq=f.seq, batch=f.batch, steps=max(3, f.steps // 2))
+    peer = common.peer_or_none(
+        hf_peer.hf_train_tokens_per_sec,
+        layers=f.layers,
+        d_model=f.d_model,
+        heads=f.heads,
+        vocab=f.vocab,
+        seq=f.seq,
+        batch=f.batch,
+        steps=max(3, f.steps // 2),
+    )
     rows = [{"impl": "research (jax)", "tokens/s": ours, "% of matmul peak": 100 * ours * flops_per_token / peak}]
     if peer:
-        rows.append({"impl": "hf gpt2 (torch)", "tokens/s": peer,
-                     "% of matmul peak": 100 * peer * flops_per_token / peak})
-    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+        rows.append(
+            {"impl": "hf gpt2 (torch)", "tokens/s": peer, "% of matmul peak": 100 * peer * flops_per_token / peak}
+        )
+    device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    print(f"devices: {device}; float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     common.print_table(rows)
-    common.print_json({
-        "tokens_per_sec": ours, "peak_fraction": ours * flops_per_token / peak, "peak_flops": peak,
-        "peer_tokens_per_sec": peer, "speedup_vs_peer": ours / peer if peer else None,
-        "shape": dict(layers=f.layers, d_model=f.d_model, heads=f.heads, vocab=f.vocab, seq=f.seq, batch=f.batch),
-    })
+    common.print_json(
+        {
+            "tokens_per_sec": ours,
+            "peak_fraction": ours * flops_per_token / peak,
+            "peak_flops": peak,
+            "peer_tokens_per_sec": peer,
+            "speedup_vs_peer": ours / peer if peer else None,
+            "shape": dict(layers=f.layers, d_model=f.d_model, heads=f.heads, vocab=f.vocab, seq=f.seq, batch=f.batch),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import pathlib
 import sys
 import sysconfig
 
-from etils import epath
 import tensorflow_datasets as tfds
+from etils import epath
 
 VALIDATION_PERCENT = 5
 _THIRD_PARTY_DIRS = frozenset({"site-packages", "dist-packages"})

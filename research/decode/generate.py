@@ -1,7 +1,7 @@
 """KV-cache generation: prefill, then one lax.while_loop of single-token steps, all in one jit."""
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +23,9 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int):
     segment_ids = np.zeros_like(tokens)
     positions = np.zeros_like(tokens)
     for i, p in enumerate(prompts):
-        tokens[i, length - len(p):] = p
-        segment_ids[i, length - len(p):] = 1
-        positions[i, length - len(p):] = np.arange(len(p))
+        tokens[i, length - len(p) :] = p
+        segment_ids[i, length - len(p) :] = 1
+        positions[i, length - len(p) :] = np.arange(len(p))
     return tokens, positions, segment_ids
 
 
@@ -40,21 +40,47 @@ def init_cache(model, batch: int, cache_len: int):
 @functools.partial(
     jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id")
 )
-def _generate(params, tokens, positions, segment_ids, rng, *, model, max_new_tokens, temperature, top_k, top_p,
-              stop_tokens, pad_id):
+def _generate(
+    params,
+    tokens,
+    positions,
+    segment_ids,
+    rng,
+    *,
+    model,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    stop_tokens,
+    pad_id,
+):
     batch, prompt_len = tokens.shape
     cache = init_cache(model, batch, prompt_len + max_new_tokens)
 
     def forward(cache, tokens, positions, segment_ids):
-        logits, mutated = model.apply({"params": params, "cache": cache}, tokens, positions=positions,
-                                      segment_ids=segment_ids, decode=True, mutable=["cache"])
+        logits, mutated = model.apply(
+            {"params": params, "cache": cache},
+            tokens,
+            positions=positions,
+            segment_ids=segment_ids,
+            decode=True,
+            mutable=["cache"],
+        )
         return logits[:, -1], mutated["cache"]
 
     logits, cache = forward(cache, tokens, positions, segment_ids)  # prefill: the whole prompt at once
     stop = jnp.asarray(stop_tokens or (-1,), jnp.int32)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
-    state = dict(step=jnp.zeros((), jnp.int32), logits=logits, cache=cache, out=out,
-                 position=positions[:, -1], done=jnp.zeros((batch,), bool), rng=rng)
+    state = dict(
+        step=jnp.zeros((), jnp.int32),
+        logits=logits,
+        cache=cache,
+        out=out,
+        position=positions[:, -1],
+        done=jnp.zeros((batch,), bool),
+        rng=rng,
+    )
 
     def cond(s):
         return (s["step"] < max_new_tokens) & ~jnp.all(s["done"])
@@ -74,9 +100,19 @@ def _generate(params, tokens, positions, segment_ids, rng, *, model, max_new_tok
     return final["out"]
 
 
-def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, rng=None,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
-             pad_id: int = 0) -> list[list[int]]:
+def generate(
+    model,
+    params,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    rng=None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_tokens: Sequence[int] = (),
+    pad_id: int = 0,
+) -> list[list[int]]:
     """Continues each prompt by up to `max_new_tokens` tokens.
 
     Returns, per prompt, the new tokens up to and including the first stop
@@ -98,9 +134,20 @@ def generate(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens:
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
     tokens, positions, segment_ids = pad_prompts(prompts, pad_id)
-    out = _generate(params, tokens, positions, segment_ids, jax.random.key(0) if rng is None else rng, model=model,
-                    max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
-                    top_p=float(top_p), stop_tokens=tuple(stop_tokens), pad_id=pad_id)
+    out = _generate(
+        params,
+        tokens,
+        positions,
+        segment_ids,
+        jax.random.key(0) if rng is None else rng,
+        model=model,
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=int(top_k),
+        top_p=float(top_p),
+        stop_tokens=tuple(stop_tokens),
+        pad_id=pad_id,
+    )
     results = []
     for row in np.asarray(out).tolist():
         cut = next((i + 1 for i, t in enumerate(row) if t in stop_tokens), len(row))

@@ -50,8 +50,9 @@ class Attention(nn.Module):
         else:
             out = get_attention(self.attention)(q, k, v, causal=True, segment_ids=segment_ids)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
-        return self._einsum("blhk,hkd->bld", out, (self.num_heads, hd, d_model), ("heads", "head_dim", "embed"),
-                            "out", (0, 1))
+        return self._einsum(
+            "blhk,hkd->bld", out, (self.num_heads, hd, d_model), ("heads", "head_dim", "embed"), "out", (0, 1)
+        )
 
     def _decode_attend(self, q, k, v, segment_ids):
         """Autoregressive step(s) against a KV cache held in the "cache" collection.

@@ -48,8 +48,14 @@ class Block(nn.Module):
         norm = dict(eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
         h = make_norm(c.norm, name="attn_norm", **norm)(x)
         h = Attention(
-            num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, attention=c.attention,
-            use_rope=c.position == "rope", rope_theta=c.rope_theta, dtype=c.dtype, param_dtype=c.param_dtype,
+            num_heads=c.num_heads,
+            num_kv_heads=c.num_kv_heads,
+            head_dim=c.head_dim,
+            attention=c.attention,
+            use_rope=c.position == "rope",
+            rope_theta=c.rope_theta,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
             name="attn",
         )(h, positions, segment_ids, decode=decode)
         x = nn.with_logical_constraint(x + h, ACT)
@@ -73,13 +79,20 @@ class DecoderLM(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         embed_init = nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed"))
-        embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=embed_init, dtype=c.dtype,
-                         param_dtype=c.param_dtype, name="embed")
+        embed = nn.Embed(
+            c.vocab_size, c.d_model, embedding_init=embed_init, dtype=c.dtype, param_dtype=c.param_dtype, name="embed"
+        )
         x = embed(tokens)  # [b, len, d]
         if c.position == "learned":
             pos_init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, "embed"))
-            x = x + nn.Embed(c.max_len, c.d_model, embedding_init=pos_init, dtype=c.dtype,
-                             param_dtype=c.param_dtype, name="pos_embed")(positions)
+            x = x + nn.Embed(
+                c.max_len,
+                c.d_model,
+                embedding_init=pos_init,
+                dtype=c.dtype,
+                param_dtype=c.param_dtype,
+                name="pos_embed",
+            )(positions)
         elif c.position == "sinusoidal":
             x = x + sinusoidal_embedding(positions, c.d_model).astype(x.dtype)
         x = nn.with_logical_constraint(x, ACT)
@@ -91,8 +104,9 @@ class DecoderLM(nn.Module):
             logits = embed.attend(x) * (c.d_model**-0.5)
         else:
             init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab"))
-            logits = nn.Dense(c.vocab_size, use_bias=False, kernel_init=init, dtype=c.dtype,
-                              param_dtype=c.param_dtype, name="lm_head")(x)
+            logits = nn.Dense(
+                c.vocab_size, use_bias=False, kernel_init=init, dtype=c.dtype, param_dtype=c.param_dtype, name="lm_head"
+            )(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
         return logits.astype(jnp.float32)
 

@@ -14,8 +14,17 @@ from etils import epath
 
 # A resumed run must compute the same function on the same data stream.
 # Other keys (train.steps, eval cadence, mesh, learning rate...) may change.
-RESUME_MUST_MATCH = ("model", "data.name", "data.tokenizer", "data.seq_len", "data.num_shards",
-                     "data.text_key", "data.train_split", "train.batch_size", "train.seed")
+RESUME_MUST_MATCH = (
+    "model",
+    "data.name",
+    "data.tokenizer",
+    "data.seq_len",
+    "data.num_shards",
+    "data.text_key",
+    "data.train_split",
+    "train.batch_size",
+    "train.seed",
+)
 
 
 def _lookup(config: dict, dotted: str):

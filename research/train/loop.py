@@ -38,9 +38,15 @@ def data_spec(config) -> DataSpec:
     d = config.data
     num_shards = jax.process_count() if d.num_shards == -1 else d.num_shards
     return DataSpec(
-        name=d.name, data_dir=d.data_dir or None, text_key=d.text_key, train_split=d.train_split,
-        eval_split=d.eval_split, seq_len=d.seq_len, global_batch_size=config.train.batch_size,
-        num_shards=num_shards, seed=config.train.seed,
+        name=d.name,
+        data_dir=d.data_dir or None,
+        text_key=d.text_key,
+        train_split=d.train_split,
+        eval_split=d.eval_split,
+        seq_len=d.seq_len,
+        global_batch_size=config.train.batch_size,
+        num_shards=num_shards,
+        seed=config.train.seed,
     )
 
 
@@ -86,10 +92,16 @@ def train(config, workdir) -> dict:
     # --- Mesh, data, state. ---
     mesh = make_mesh(config.mesh)
     spec = data_spec(config)
-    train_iter = make_train_iterator(spec, tokenizer, process_index=jax.process_index(),
-                                     process_count=jax.process_count())
-    eval_batches = make_eval_batches(spec, tokenizer, num_batches=t.eval_batches,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
+    train_iter = make_train_iterator(
+        spec, tokenizer, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    eval_batches = make_eval_batches(
+        spec,
+        tokenizer,
+        num_batches=t.eval_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     lr_fn = learning_rate_schedule(config.optim, t.steps)
     tx = make_optimizer(config.optim, t.steps)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -111,21 +123,37 @@ def train(config, workdir) -> dict:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         p_train = jax.jit(
             functools.partial(train_step, grad_accum_steps=t.grad_accum_steps, learning_rate_fn=lr_fn),
-            in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, replicated),
+            in_shardings=(state_sharding, data_sharding),
+            out_shardings=(state_sharding, replicated),
             donate_argnums=0,
         )
-        p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply),
-                         in_shardings=(state_sharding.params, data_sharding), out_shardings=replicated)
+        p_eval = jax.jit(
+            functools.partial(eval_step, apply_fn=model.apply),
+            in_shardings=(state_sharding.params, data_sharding),
+            out_shardings=replicated,
+        )
 
         # --- Loop. ---
         writer = MetricsWriter(workdir)
         if start == 0:
-            writer.write(0, {"num_params": count_params(state.params), "devices": jax.device_count(),
-                             "processes": jax.process_count()})
+            writer.write(
+                0,
+                {
+                    "num_params": count_params(state.params),
+                    "devices": jax.device_count(),
+                    "processes": jax.process_count(),
+                },
+            )
         tokens_per_step = t.batch_size * config.data.seq_len
         last, window, timed_steps, window_start = {}, [], 0, time.perf_counter()
-        bar = tqdm(range(start, t.steps), initial=start, total=t.steps, disable=jax.process_index() != 0,
-                   desc="train", dynamic_ncols=True)
+        bar = tqdm(
+            range(start, t.steps),
+            initial=start,
+            total=t.steps,
+            disable=jax.process_index() != 0,
+            desc="train",
+            dynamic_ncols=True,
+        )
         for step in bar:
             batch = _to_global(next(train_iter), data_sharding)
             state, metrics = p_train(state, batch)

@@ -25,7 +25,7 @@ def write_report(workdir, title: str = "") -> None:
     if not train:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(*zip(*train), label="train (window mean)")
+    ax.plot(*zip(*train, strict=True), label="train (window mean)")
     if evals:
         ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval")
     ax.set_xlabel("step")

@@ -11,7 +11,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -70,7 +71,7 @@ def _divisible_spec(spec: P, shape, mesh: Mesh) -> P:
     Such a dimension is replicated instead: correct, and what one would do by hand.
     """
     out = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
         size = math.prod(mesh.shape[n] for n in names)
         out.append(axes if names and dim % size == 0 else None)
@@ -91,7 +92,9 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_RULES):
     shapes = jax.tree.map(lambda x: x.shape, strip_boxes(boxed_tree))
     return jax.tree.map(
         lambda spec, shape: NamedSharding(mesh, _divisible_spec(spec, shape, mesh)),
-        mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P),
+        mesh_specs,
+        shapes,
+        is_leaf=lambda x: isinstance(x, P),
     )
 
 

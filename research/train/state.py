@@ -18,8 +18,11 @@ def learning_rate_schedule(optim, steps: int):
     """Linear warmup to the peak, cosine decay to min_lr_ratio * peak at the last step."""
     warmup = min(optim.warmup_steps, max(steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=optim.learning_rate, warmup_steps=warmup,
-        decay_steps=max(steps, warmup + 1), end_value=optim.learning_rate * optim.min_lr_ratio,
+        init_value=0.0,
+        peak_value=optim.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(steps, warmup + 1),
+        end_value=optim.learning_rate * optim.min_lr_ratio,
     )
 
 
@@ -29,8 +32,12 @@ def make_optimizer(optim, steps: int) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(optim.clip_norm),
         optax.adamw(
-            learning_rate_schedule(optim, steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-            weight_decay=optim.weight_decay, mask=decay_mask,
+            learning_rate_schedule(optim, steps),
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            mask=decay_mask,
         ),
     )
 

@@ -21,8 +21,9 @@ def next_token_targets(batch):
 
 def lm_loss_sums(params, apply_fn, batch):
     """(sum of token cross-entropies, number of target tokens) for one batch."""
-    logits = apply_fn({"params": params}, batch["tokens"], positions=batch["positions"],
-                      segment_ids=batch["segment_ids"])
+    logits = apply_fn(
+        {"params": params}, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"]
+    )
     targets, weights = next_token_targets(batch)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # float32
     return jnp.sum(losses * weights), jnp.sum(weights)
@@ -44,8 +45,8 @@ def train_step(state, batch, *, grad_accum_steps: int, learning_rate_fn):
         split = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
 
         def body(carry, mb):
-            (l, c), g = micro(mb)
-            return jax.tree.map(jnp.add, carry, ((l, c), g)), None
+            (loss_sum, count), grads = micro(mb)
+            return jax.tree.map(jnp.add, carry, ((loss_sum, count), grads)), None
 
         zeros = ((jnp.zeros(()), jnp.zeros(())), jax.tree.map(jnp.zeros_like, state.params))
         ((loss_sum, count), grads), _ = jax.lax.scan(body, zeros, split)

@@ -37,8 +37,17 @@ class TinyPlays(tfds.core.GeneratorBasedBuilder):
 
 
 def spec(data_dir, **overrides):
-    fields = dict(name="tiny_plays", data_dir=str(data_dir), text_key="play", train_split="train",
-                  eval_split="validation", seq_len=32, global_batch_size=4, num_shards=1, seed=0)
+    fields = dict(
+        name="tiny_plays",
+        data_dir=str(data_dir),
+        text_key="play",
+        train_split="train",
+        eval_split="validation",
+        seq_len=32,
+        global_batch_size=4,
+        num_shards=1,
+        seed=0,
+    )
     return DataSpec(**{**fields, **overrides})
 
 

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from research.data import ByteTokenizer, DataSpec, load_sources, make_eval_batches, make_train_iterator
-from research.data import stdlib_corpus
+from research.data import ByteTokenizer, DataSpec, load_sources, make_eval_batches, make_train_iterator, stdlib_corpus
 from research.data.pipeline import PackedRows
 
 tok = ByteTokenizer()
@@ -33,7 +32,7 @@ def take(iterator, n):
 
 def assert_same_batches(a, b):
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
         for key in x:
             np.testing.assert_array_equal(x[key], y[key], err_msg=key)
@@ -146,7 +145,7 @@ def test_packing_state_survives_json_at_every_step():
 def check_fragments(batch, docs):
     """Every fragment is a contiguous slice of one document; interior boundaries are document boundaries."""
     texts = ["".join(map(chr, d)) for d in docs]  # chr keeps one character per token, so `in` is exact
-    for tokens, segments, positions in zip(batch["tokens"], batch["segment_ids"], batch["positions"]):
+    for tokens, segments, positions in zip(batch["tokens"], batch["segment_ids"], batch["positions"], strict=True):
         assert (segments > 0).all(), "an endless stream needs no padding"
         for s in range(1, segments.max() + 1):
             fragment = tokens[segments == s]
@@ -190,7 +189,7 @@ def test_same_seed_same_batches_other_seed_other_batches(fake_data_dir):
 
     assert_same_batches(first_batches(0), first_batches(0))
     other = first_batches(1)
-    assert not any(np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(first_batches(0), other))
+    assert not any(np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(first_batches(0), other, strict=True))
 
 
 @pytest.mark.parametrize("num_shards", [2, 4])
@@ -205,7 +204,7 @@ def test_one_process_equals_two_processes_row_for_row(fake_data_dir, num_shards)
 
     for batches in (train, evals):
         single = batches(0, 1)
-        halves = zip(batches(0, 2), batches(1, 2))
+        halves = zip(batches(0, 2), batches(1, 2), strict=True)
         joined = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in halves]
         assert single[0]["tokens"].shape == (8, 32) and joined[0]["tokens"].shape == (8, 32)
         assert_same_batches(single, joined)

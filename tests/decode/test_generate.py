@@ -10,8 +10,19 @@ from research.models import DecoderLM, ModelConfig, init_params
 
 @pytest.fixture(scope="module", params=["rope", "learned"])
 def model_and_params(request):
-    model = DecoderLM(ModelConfig(vocab_size=61, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
-                                  mlp_dim=64, max_len=32, position=request.param, tie_embeddings=False))
+    model = DecoderLM(
+        ModelConfig(
+            vocab_size=61,
+            num_layers=2,
+            d_model=32,
+            num_heads=4,
+            num_kv_heads=2,
+            mlp_dim=64,
+            max_len=32,
+            position=request.param,
+            tie_embeddings=False,
+        )
+    )
     return model, nn.unbox(init_params(model, jax.random.key(0)))
 
 
@@ -22,20 +33,26 @@ def test_kv_cache_logits_equal_full_forward(model_and_params):
     tokens, positions, seg = pad_prompts(prompts, pad_id=0)
     cache = init_cache(model, 2, tokens.shape[1] + 3)
     variables = {"params": params, "cache": cache}
-    prefill, mutated = model.apply(variables, tokens, positions=positions, segment_ids=seg, decode=True,
-                                   mutable=["cache"])
+    prefill, mutated = model.apply(
+        variables, tokens, positions=positions, segment_ids=seg, decode=True, mutable=["cache"]
+    )
     step_logits = [prefill[:, -1]]
     cache, pos = mutated["cache"], positions[:, -1]
     for i in range(3):
         pos = pos + 1
-        logits, mutated = model.apply({"params": params, "cache": cache}, continuation[:, i:i + 1],
-                                      positions=pos[:, None], segment_ids=jnp.ones((2, 1), jnp.int32),
-                                      decode=True, mutable=["cache"])
+        logits, mutated = model.apply(
+            {"params": params, "cache": cache},
+            continuation[:, i : i + 1],
+            positions=pos[:, None],
+            segment_ids=jnp.ones((2, 1), jnp.int32),
+            decode=True,
+            mutable=["cache"],
+        )
         cache = mutated["cache"]
         step_logits.append(logits[:, 0])
     for row, prompt in enumerate(prompts):
         full = model.apply({"params": params}, jnp.array([prompt + continuation[row].tolist()]))[0]
-        expected = full[len(prompt) - 1:]  # logits after the last prompt token and each continuation token
+        expected = full[len(prompt) - 1 :]  # logits after the last prompt token and each continuation token
         got = jnp.stack([s[row] for s in step_logits])
         np.testing.assert_allclose(got, expected, atol=1e-4)  # float32, different summation order
 
@@ -44,11 +61,11 @@ def test_greedy_generate_matches_argmax_rollout(model_and_params):
     model, params = model_and_params
     prompts = [[3, 4, 5, 6, 7], [9, 8]]
     out = generate(model, params, prompts, max_new_tokens=6)
-    for prompt, got in zip(prompts, out):
+    for prompt, got in zip(prompts, out, strict=True):
         seq = list(prompt)
         for _ in range(6):
             seq.append(int(jnp.argmax(model.apply({"params": params}, jnp.array([seq]))[0, -1])))
-        assert got == seq[len(prompt):]
+        assert got == seq[len(prompt) :]
 
 
 def test_stop_token_ends_a_row(model_and_params):
@@ -56,7 +73,7 @@ def test_stop_token_ends_a_row(model_and_params):
     greedy = generate(model, params, [[3, 4, 5]], max_new_tokens=6)[0]
     stop = greedy[2]
     out = generate(model, params, [[3, 4, 5]], max_new_tokens=6, stop_tokens=(stop,))[0]
-    assert out == greedy[:greedy.index(stop) + 1]
+    assert out == greedy[: greedy.index(stop) + 1]
 
 
 def test_sampling_is_seeded_and_varies(model_and_params):

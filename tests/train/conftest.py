@@ -10,9 +10,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # A model small enough that a run compiles and trains in seconds on 2 cores.
 TINY_FLAGS = [
-    "--config.model.num_layers=2", "--config.model.d_model=64", "--config.model.num_heads=4",
-    "--config.model.num_kv_heads=2", "--config.data.seq_len=64", "--config.train.batch_size=8",
-    "--config.train.eval_batches=2", "--config.train.log_every=5", "--config.sample.num_samples=2",
+    "--config.model.num_layers=2",
+    "--config.model.d_model=64",
+    "--config.model.num_heads=4",
+    "--config.model.num_kv_heads=2",
+    "--config.data.seq_len=64",
+    "--config.train.batch_size=8",
+    "--config.train.eval_batches=2",
+    "--config.train.log_every=5",
+    "--config.sample.num_samples=2",
     "--config.sample.max_new_tokens=16",
 ]
 
@@ -23,14 +29,33 @@ def data_dir(tmp_path_factory):
     from research.data import DataSpec, load_sources
 
     path = str(tmp_path_factory.mktemp("tfds"))
-    load_sources(DataSpec(name="python_stdlib", data_dir=path, text_key="text", train_split="train",
-                          eval_split="validation", seq_len=64, global_batch_size=8, num_shards=1, seed=0))
+    load_sources(
+        DataSpec(
+            name="python_stdlib",
+            data_dir=path,
+            text_key="text",
+            train_split="train",
+            eval_split="validation",
+            seq_len=64,
+            global_batch_size=8,
+            num_shards=1,
+            seed=0,
+        )
+    )
     return path
 
 
 def main_command(workdir, data_dir, *extra, config="experiments/quickstart.py"):
-    return [sys.executable, "-m", "research.main", f"--config={config}", f"--workdir={workdir}",
-            f"--config.data.data_dir={data_dir}", *TINY_FLAGS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "research.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        *TINY_FLAGS,
+        *extra,
+    ]
 
 
 def subprocess_env(devices: int) -> dict:
@@ -42,8 +67,7 @@ def subprocess_env(devices: int) -> dict:
 
 
 def run(cmd, devices=1, timeout=300, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(devices), capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(devices), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result

@@ -1,8 +1,8 @@
 """Whole runs through `python -m research.main`: smoke, kill/resume, config and workdir errors."""
 
 import signal
-import sys
 import subprocess
+import sys
 import time
 
 import jax
@@ -12,7 +12,7 @@ import pytest
 from etils import epath
 
 from research.train.metrics import read_metrics
-from tests.train.conftest import main_command, run, subprocess_env, REPO
+from tests.train.conftest import REPO, main_command, run, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -36,20 +36,40 @@ def test_quickstart_smoke_trains_and_samples(tmp_path, data_dir):
     assert (workdir / "tensorboard").is_dir() and (workdir / "tokenizer.json").exists()
     assert (workdir / "loss.png").stat().st_size > 0 and "| 40 |" in (workdir / "results.md").read_text()
     assert result.stdout.count("=" * 80) == 2  # two samples printed
-    sample = run([sys.executable, "-m", "research.sample", f"--workdir={workdir}", "--prompt=def ", "--prompt=import ",
-                  "--max_new_tokens=8", "--temperature=0"])
+    sample = run(
+        [
+            sys.executable,
+            "-m",
+            "research.sample",
+            f"--workdir={workdir}",
+            "--prompt=def ",
+            "--prompt=import ",
+            "--max_new_tokens=8",
+            "--temperature=0",
+        ]
+    )
     assert "def " in sample.stdout and "import " in sample.stdout
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
-    flags = ["--config.train.steps=60", "--config.train.checkpoint_every=10", "--config.train.eval_every=30",
-             "--nosample", "--config.mesh.data=2"]
+    flags = [
+        "--config.train.steps=60",
+        "--config.train.checkpoint_every=10",
+        "--config.train.eval_every=30",
+        "--nosample",
+        "--config.mesh.data=2",
+    ]
     reference = tmp_path / "reference"
     run(main_command(reference, data_dir, *flags), devices=2)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(main_command(killed, data_dir, *flags), cwd=REPO, env=subprocess_env(2),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        main_command(killed, data_dir, *flags),
+        cwd=REPO,
+        env=subprocess_env(2),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "20").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -64,7 +84,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
     assert step_a == step_b == 60
     leaves_a, leaves_b = jax.tree.leaves(params_a), jax.tree.leaves(params_b)
     assert len(leaves_a) == len(leaves_b) > 0
-    for a, b in zip(leaves_a, leaves_b):
+    for a, b in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(a, b)  # same batches, same maths, same order: bitwise equal
     loss = lambda w: [m["loss"] for m in read_metrics(w) if m["step"] == 60 and "loss" in m][-1]  # noqa: E731
     assert loss(reference) == loss(killed)
@@ -74,21 +94,23 @@ def test_incompatible_workdir_is_refused_and_untouched(tmp_path, data_dir):
     workdir = tmp_path / "run"
     run(main_command(workdir, data_dir, "--config.train.steps=5", "--nosample"))
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-    result = run(main_command(workdir, data_dir, "--config.train.steps=10", "--config.model.d_model=128"),
-                 check=False)
+    result = run(main_command(workdir, data_dir, "--config.train.steps=10", "--config.model.d_model=128"), check=False)
     assert result.returncode == 2
     assert "model.d_model: 64 -> 128" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
-@pytest.mark.parametrize("flag,message", [
-    ("--config.model.nope=1", "nope"),
-    ("--config.train.steps=ten", "train.steps"),
-    ("--config.model.num_kv_heads=3", "model.num_kv_heads=3"),
-    ("--config.model.d_model=66", "model.d_model=66"),
-    ("--config.mesh.data=3", "mesh"),
-    ("--config.model.attention=sparse", "model.attention='sparse'"),
-])
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--config.model.nope=1", "nope"),
+        ("--config.train.steps=ten", "train.steps"),
+        ("--config.model.num_kv_heads=3", "model.num_kv_heads=3"),
+        ("--config.model.d_model=66", "model.d_model=66"),
+        ("--config.mesh.data=3", "mesh"),
+        ("--config.model.attention=sparse", "model.attention='sparse'"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path, data_dir, flag, message):
     result = run(main_command(tmp_path / "run", data_dir, flag), devices=2, check=False)
     assert result.returncode != 0

@@ -11,8 +11,14 @@ from tests.train.conftest import REPO, main_command, run, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
-FLAGS = ["--config.train.steps=10", "--config.train.eval_every=10", "--config.train.checkpoint_every=10",
-         "--config.data.num_shards=2", "--config.mesh.fsdp=2", "--nosample"]
+FLAGS = [
+    "--config.train.steps=10",
+    "--config.train.eval_every=10",
+    "--config.train.checkpoint_every=10",
+    "--config.data.num_shards=2",
+    "--config.mesh.fsdp=2",
+    "--nosample",
+]
 
 
 def losses(workdir):
@@ -25,9 +31,19 @@ def test_two_processes_match_one(tmp_path, data_dir):
     port = portpicker.pick_unused_port()
     procs = [
         subprocess.Popen(
-            main_command(tmp_path / "multi", data_dir, *FLAGS, f"--coordinator_address=localhost:{port}",
-                         "--num_processes=2", f"--process_id={i}"),
-            cwd=REPO, env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            main_command(
+                tmp_path / "multi",
+                data_dir,
+                *FLAGS,
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            cwd=REPO,
+            env=subprocess_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]
@@ -40,7 +56,8 @@ def test_two_processes_match_one(tmp_path, data_dir):
     # Same global batches (num_shards=2 fixes them), same mesh shape; only the
     # cross-process all-reduce order may differ: float32 rounding, 1e-5 relative.
     np.testing.assert_allclose([multi[s] for s in (5, 10)], [single[s] for s in (5, 10)], rtol=1e-5)
-    evals = [[m["eval_loss"] for m in read_metrics(w) if "eval_loss" in m] for w in (tmp_path / "single",
-                                                                                       tmp_path / "multi")]
+    evals = [
+        [m["eval_loss"] for m in read_metrics(w) if "eval_loss" in m] for w in (tmp_path / "single", tmp_path / "multi")
+    ]
     np.testing.assert_allclose(evals[1], evals[0], rtol=1e-5)
     assert (tmp_path / "multi" / "checkpoints" / "10" / "data" / "process_1-of-2.json").exists()

@@ -21,9 +21,15 @@ def one_step(config, devices, batch):
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         state, shardings = create_train_state(model, tx, mesh, jax.random.key(0))
         initial = jax.device_get(state.params)
-        step = jax.jit(functools.partial(train_step, grad_accum_steps=config.train.grad_accum_steps,
-                                         learning_rate_fn=learning_rate_schedule(config.optim, 10)),
-                       in_shardings=(shardings, batch_sharding(mesh)), donate_argnums=0)
+        step = jax.jit(
+            functools.partial(
+                train_step,
+                grad_accum_steps=config.train.grad_accum_steps,
+                learning_rate_fn=learning_rate_schedule(config.optim, 10),
+            ),
+            in_shardings=(shardings, batch_sharding(mesh)),
+            donate_argnums=0,
+        )
         state, metrics = step(state, jax.device_put(batch, batch_sharding(mesh)))
         kernel = state.params["block_0"]["attn"]["query"]
         return jax.device_get(metrics), jax.device_get(state.params), kernel.sharding.spec, initial
@@ -41,8 +47,11 @@ def setup():
     c.optim.eps = 1.0
     rng = np.random.default_rng(0)
     seg = np.repeat(np.array([[1] * 20 + [2] * 12]), 8, axis=0).astype(np.int32)
-    batch = {"tokens": rng.integers(3, 259, (8, 32)).astype(np.int32), "segment_ids": seg,
-             "positions": np.concatenate([np.arange(20), np.arange(12)])[None].repeat(8, 0).astype(np.int32)}
+    batch = {
+        "tokens": rng.integers(3, 259, (8, 32)).astype(np.int32),
+        "segment_ids": seg,
+        "positions": np.concatenate([np.arange(20), np.arange(12)])[None].repeat(8, 0).astype(np.int32),
+    }
     c.mesh.update(data=1, fsdp=1, tensor=1)
     return c, batch, one_step(c, jax.devices()[:1], batch)
 
@@ -62,7 +71,7 @@ def test_sharded_step_equals_single_device(setup, mesh, accum):
     # is rounding of the O(0.2) weights themselves (1 ulp = 1.5e-8): allow a few ulps,
     # still 100x below the size of the update.
     moved = 0.0
-    for a, b, init in zip(jax.tree.leaves(p1), jax.tree.leaves(p8), jax.tree.leaves(p0)):
+    for a, b, init in zip(jax.tree.leaves(p1), jax.tree.leaves(p8), jax.tree.leaves(p0), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-7, rtol=0)
         moved = max(moved, float(np.abs(a - init).max()))
     assert moved > 1e-6  # the step did change the weights
