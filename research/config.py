@@ -15,6 +15,7 @@ from research.layers.mlp import FFNS
 from research.layers.norms import NORMS
 from research.layers.position import POSITIONS
 from research.models import ModelConfig
+from research.tokenizers import TOKENIZER_KINDS
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -45,7 +46,10 @@ def default_config() -> ml_collections.ConfigDict:
         text_key="text",
         train_split="train",
         eval_split="validation",
-        tokenizer="byte",
+        tokenizer="byte",  # byte | char | word | bpe | wordpiece | unigram (research.tokenizers)
+        vocab_size=1024,  # learned tokenizers only; byte's is fixed
+        tokenizer_min_frequency=2,  # word/bpe/wordpiece: rarer pieces stay out of the vocabulary
+        tokenizer_sample_bytes=4_000_000,  # the tokenizer trains on this many bytes from the train split's start
         seq_len=256,
         num_shards=-1,  # -1: one per process. Fix it to make runs with different process counts see the same batches.
     )
@@ -179,7 +183,8 @@ def validate(config) -> None:
     _choice("model.attention", m.attention, list_attention())
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("model.param_dtype", m.param_dtype, DTYPES)
-    _choice("data.tokenizer", d.tokenizer, ("byte",))
+    _choice("data.tokenizer", d.tokenizer, TOKENIZER_KINDS)
+    _positive(config, "data.vocab_size", "data.tokenizer_min_frequency", "data.tokenizer_sample_bytes")
     if 0 <= m.max_len < d.seq_len:
         raise ValueError(f"model.max_len={m.max_len} is shorter than data.seq_len={d.seq_len}")
     if t.batch_size % t.grad_accum_steps:

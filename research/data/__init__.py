@@ -2,7 +2,7 @@
 
 from research.data.pipeline import DataSpec, load_sources, make_eval_batches, make_train_iterator
 from research.data.stdlib_corpus import PythonStdlib
-from research.data.tokenizer import ByteTokenizer, load_tokenizer
+from research.tokenizers import ByteTokenizer, load_tokenizer
 
 __all__ = [
     "ByteTokenizer",

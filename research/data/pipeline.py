@@ -101,6 +101,24 @@ def make_eval_batches(
     return [next(iterator) for _ in range(num_batches)]
 
 
+def document_texts(spec: DataSpec, split: str = "train", *, max_bytes: int | None = None) -> list[str]:
+    """The split's documents as str, in stored order, until `max_bytes` UTF-8 bytes.
+
+    Deterministic, so every process trains the same tokenizer from it, and the
+    held-out texts of an experiment are the same for every run.
+    """
+    source = load_sources(spec)["train" if split == "train" else "eval"]
+    texts, total = [], 0
+    for i in range(len(source)):
+        value = source[i][spec.text_key]
+        text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+        texts.append(text)
+        total += len(text.encode("utf-8"))
+        if max_bytes is not None and total >= max_bytes:
+            break
+    return texts
+
+
 def _check_spec(spec: DataSpec, process_index: int, process_count: int) -> None:
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")

@@ -18,6 +18,7 @@ RESUME_MUST_MATCH = (
     "model",
     "data.name",
     "data.tokenizer",
+    "data.vocab_size",
     "data.seq_len",
     "data.num_shards",
     "data.text_key",

@@ -14,8 +14,10 @@ from etils import epath
 from tqdm import tqdm
 
 from research import config as config_lib
-from research.data import ByteTokenizer, DataSpec, load_tokenizer, make_eval_batches, make_train_iterator
+from research.data import DataSpec, make_eval_batches, make_train_iterator
+from research.data.pipeline import document_texts
 from research.models import DecoderLM
+from research.tokenizers import ByteTokenizer, load_tokenizer, train_tokenizer
 from research.train import checkpoint
 from research.train.metrics import MetricsWriter
 from research.train.report import write_report
@@ -24,14 +26,19 @@ from research.train.state import count_params, create_train_state, learning_rate
 from research.train.step import eval_step, train_step
 
 
-def workdir_tokenizer(kind: str, workdir):
-    """The workdir's saved tokenizer when resuming, else a new one of `kind` (data.tokenizer)."""
+def workdir_tokenizer(config, workdir):
+    """The workdir's saved tokenizer when resuming; else one trained on the start of the train split.
+
+    Training is deterministic, so every process of a multi-host run builds the same one.
+    """
     path = epath.Path(workdir) / "tokenizer.json"
     if path.exists():
         return load_tokenizer(path)
-    if kind == "byte":
+    d = config.data
+    if d.tokenizer == "byte":  # nothing to learn
         return ByteTokenizer()
-    raise ValueError(f"data.tokenizer={kind!r} is not supported; choose 'byte'")
+    texts = document_texts(data_spec(config), max_bytes=d.tokenizer_sample_bytes)
+    return train_tokenizer(d.tokenizer, texts, vocab_size=d.vocab_size, min_frequency=d.tokenizer_min_frequency)
 
 
 def data_spec(config) -> DataSpec:
@@ -85,7 +92,7 @@ def train(config, workdir) -> dict:
     workdir = epath.Path(workdir)
     checkpoint.check_resume_compatible(workdir, config)
     check_batch_fits_mesh(config, jax.device_count())
-    tokenizer = workdir_tokenizer(config.data.tokenizer, workdir)
+    tokenizer = workdir_tokenizer(config, workdir)
     model = DecoderLM(config_lib.model_config(config, tokenizer.vocab_size))
     t = config.train
 

@@ -55,10 +55,12 @@ def test_any_tfds_text_dataset_by_name(tmp_path):
     tok = ByteTokenizer()
     batch = next(make_train_iterator(spec(tmp_path), tok, process_index=0, process_count=1))
     assert batch["tokens"].shape == (4, 32)
-    text = b"".join(bytes(int(t) - 3 for t in row if t >= 3) for row in batch["tokens"])
+    text = b"".join(bytes(int(t) - tok.byte_offset for t in row if t >= tok.byte_offset) for row in batch["tokens"])
     assert b"to be or not" in text
     evals = make_eval_batches(spec(tmp_path), tok, num_batches=2, process_index=0, process_count=1)
-    eval_text = b"".join(bytes(int(t) - 3 for t in row if t >= 3) for row in evals[0]["tokens"])
+    eval_text = b"".join(
+        bytes(int(t) - tok.byte_offset for t in row if t >= tok.byte_offset) for row in evals[0]["tokens"]
+    )
     assert any(line.encode()[:12] in eval_text for line in LINES[50:])
     assert np.all(batch["segment_ids"] >= 0)
 

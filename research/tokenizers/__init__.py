@@ -1,0 +1,38 @@
+"""Tokenizers: text <-> int32 ids, one interface for six kinds, saved as one JSON file.
+
+    kind        vocabulary                                   lossless   [UNK]
+    byte        263 ids: specials + 256 UTF-8 bytes           yes        never
+    char        specials + 256 bytes + frequent characters    yes        never (byte fallback)
+    word        specials + frequent words                     no         unseen words
+    bpe         byte-level BPE merges (tokenizers library)    yes        never
+    wordpiece   BERT WordPiece, "##" continuations            no         unassemblable words
+    unigram     SentencePiece Unigram LM, Metaspace           no         unseen characters
+
+Every kind has the shared special tokens at fixed ids ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
+[MASK]=4 [BOS]=5 [EOS]=6), `encode` / `decode` / `encode_batch`, `id_to_token` /
+`token_to_id`, and `save`; `load_tokenizer(path)` reads any kind back and
+`train_tokenizer(kind, texts, vocab_size=...)` learns one. Training is deterministic:
+the same corpus and settings write the same file.
+"""
+
+from research.tokenizers.base import SPECIAL_TOKENS, Tokenizer, load_tokenizer, train_tokenizer
+from research.tokenizers.byte import ByteTokenizer
+from research.tokenizers.char import CharTokenizer
+from research.tokenizers.subword import BPETokenizer, UnigramTokenizer, WordPieceTokenizer
+from research.tokenizers.word import WordTokenizer
+
+TOKENIZER_KINDS = ("byte", "char", "word", "bpe", "wordpiece", "unigram")
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "TOKENIZER_KINDS",
+    "BPETokenizer",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "Tokenizer",
+    "UnigramTokenizer",
+    "WordPieceTokenizer",
+    "WordTokenizer",
+    "load_tokenizer",
+    "train_tokenizer",
+]
