@@ -116,3 +116,24 @@ def test_bad_config_names_the_key(tmp_path, data_dir, flag, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_learned_tokenizer_is_trained_once_saved_and_reused(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    flags = [
+        "--config.data.tokenizer=bpe",
+        "--config.data.vocab_size=300",
+        "--config.data.tokenizer_sample_bytes=200000",
+    ]
+    run(main_command(workdir, data_dir, "--config.train.steps=4", "--nosample", *flags))
+    saved = (workdir / "tokenizer.json").read_text()
+    assert '"type": "bpe"' in saved
+    result = run(main_command(workdir, data_dir, "--config.train.steps=8", *flags))  # resumes, then samples
+    assert (workdir / "tokenizer.json").read_text() == saved
+    assert [m["step"] for m in read_metrics(workdir) if "eval_loss" in m][-1] == 8
+    assert result.stdout.count("=" * 80) == 2
+    refused = run(
+        main_command(workdir, data_dir, "--config.train.steps=9", *flags[:1], "--config.data.vocab_size=400"),
+        check=False,
+    )
+    assert refused.returncode == 2 and "data.vocab_size: 300 -> 400" in refused.stderr
