@@ -6,6 +6,7 @@ anything) otherwise.
 """
 
 import json
+import os
 
 import grain
 import jax
@@ -67,11 +68,16 @@ def save_config(workdir, config) -> None:
         (epath.Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
 
+def absolute(workdir) -> epath.Path:
+    """Local paths made absolute (orbax refuses relative ones); gs:// and other URLs as they are."""
+    return epath.Path(workdir) if "://" in str(workdir) else epath.Path(os.path.abspath(workdir))
+
+
 def make_manager(workdir, *, keep: int, async_checkpointing: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_checkpointing, create=True
     )
-    return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options, item_names=("state", "data"))
+    return ocp.CheckpointManager(absolute(workdir) / "checkpoints", options=options, item_names=("state", "data"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, *, force=False) -> None:
