@@ -8,7 +8,7 @@ Tiny by default (a few minutes on 2 CPU cores). Arguments after ':':
 e.g. --config experiments/quickstart.py:size=base,steps=20000
 """
 
-from research.config import default_config, parse_arg
+from research.config import default_config, parse_arg, swiglu_mlp_dim
 
 SIZES = {
     # num_layers, d_model, num_heads, num_kv_heads, seq_len, batch_size, steps, learning_rate
@@ -32,7 +32,7 @@ def get_config(arg=None):
         ffn="swiglu",
         norm="rmsnorm",
         position="rope",
-        mlp_dim=(8 * d_model // 3 + 63) // 64 * 64,
+        mlp_dim=swiglu_mlp_dim(d_model),
     )
     c.data.seq_len = seq_len
     c.train.update(

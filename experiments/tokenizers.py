@@ -15,7 +15,7 @@ point, for an accelerator), `steps=N` overrides the step count.
 
 import json
 
-from research.config import default_config, parse_arg
+from research.config import default_config, parse_arg, swiglu_mlp_dim
 
 SWEEP = {
     "tiny": [
@@ -68,7 +68,7 @@ def get_config(arg=None):
         position="rope",
         norm="rmsnorm",
         ffn="swiglu",
-        mlp_dim=(8 * d_model // 3 + 63) // 64 * 64,
+        mlp_dim=swiglu_mlp_dim(d_model),
     )
     c.data.update(seq_len=seq_len, tokenizer_sample_bytes=train_bytes)
     c.train.update(

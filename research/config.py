@@ -80,6 +80,12 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def swiglu_mlp_dim(d_model: int) -> int:
+    """8/3 * d_model rounded up to a multiple of 64: SwiGLU's three matrices then hold
+    as many parameters as a GELU MLP's two of width 4 * d_model."""
+    return (8 * d_model // 3 + 63) // 64 * 64
+
+
 def parse_arg(arg: str | None, **defaults):
     """'a=1,b=x,flag' -> ConfigDict(a=1, b='x', flag=True), typed like `defaults`.
 
