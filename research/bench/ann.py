@@ -132,13 +132,13 @@ def faiss_available() -> bool:
 def main(argv):
     del argv
     f = flags.FLAGS
+    sweep = [parse_lsh_setting(s) for s in f.lsh] if f.lsh else default_lsh_sweep(f.n)
     database, queries = clustered_vectors(f.n, f.dim, num_queries=f.queries, seed=f.seed)
     exact = measure_index("exact", "chunk_size=4096", database, queries)
     truth = exact["ids"]
     points = [exact]
     for target in f.recall_target:
         points.append(measure_index("approx", f"recall_target={target}", database, queries, recall_target=target))
-    sweep = [parse_lsh_setting(s) for s in f.lsh] if f.lsh else default_lsh_sweep(f.n)
     for tables, bits, probes, budget in sweep:
         setting = f"tables={tables} bits={bits} probes={probes} budget={budget}"
         options = dict(num_tables=tables, num_bits=bits, num_probes=probes, max_candidates_per_table=budget)
