@@ -136,12 +136,10 @@ def analyze(workdir, runs, arg=None):
 
 
 def _plot(rows, path):
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no display needed, caller's backend untouched
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     for kind in dict.fromkeys(r["tokenizer"] for r in rows):
         pts = sorted(
             (r["tokens_per_byte"], r["bits_per_byte"], r["vocab_size"]) for r in rows if r["tokenizer"] == kind
@@ -155,4 +153,3 @@ def _plot(rows, path):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

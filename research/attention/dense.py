@@ -10,12 +10,11 @@ from research.attention.registry import register_attention
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def make_attention_mask(q_len, kv_len, *, causal=False, segment_ids=None, mask=None, q_offset=0):
+def make_attention_mask(q_len, kv_len, *, causal=False, segment_ids=None, mask=None):
     """Combines causal, segment and explicit masks into one boolean mask.
 
     Returns None (attend everywhere) or a bool array broadcastable to
-    [batch, heads, q_len, kv_len]. `q_offset` is the kv index of the first
-    query, for queries that sit at the end of a longer key sequence.
+    [batch, heads, q_len, kv_len].
     """
     out = None
 
@@ -23,7 +22,7 @@ def make_attention_mask(q_len, kv_len, *, causal=False, segment_ids=None, mask=N
         return b if a is None else jnp.logical_and(a, b)
 
     if causal:
-        q_idx = jnp.arange(q_len)[:, None] + q_offset
+        q_idx = jnp.arange(q_len)[:, None]
         kv_idx = jnp.arange(kv_len)[None, :]
         out = conj(out, (kv_idx <= q_idx)[None, None])  # [1, 1, q, kv]
     if segment_ids is not None:

@@ -1,12 +1,9 @@
 """End-of-run report in the workdir: results.md (eval table) and loss.png (curves)."""
 
-import matplotlib
+from etils import epath
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-from etils import epath  # noqa: E402
-
-from research.train.metrics import read_metrics  # noqa: E402
+from research.train.metrics import read_metrics
 
 
 def write_report(workdir, title: str = "") -> None:
@@ -24,7 +21,10 @@ def write_report(workdir, title: str = "") -> None:
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     if not train:
         return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    # A bare Figure, not pyplot: it needs no display and leaves the caller's
+    # matplotlib backend alone (a notebook importing the loop keeps inline plots).
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(*zip(*train, strict=True), label="train (window mean)")
     if evals:
         ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval")
@@ -34,4 +34,3 @@ def write_report(workdir, title: str = "") -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(workdir / "loss.png", dpi=100)
-    plt.close(fig)
