@@ -36,7 +36,19 @@ def default_config() -> ml_collections.ConfigDict:
         rope_theta=10_000.0,
         max_len=-1,  # -1: data.seq_len
         tie_embeddings=True,
-        attention="dense",
+        attention="dense",  # a name in research.attention's registry
+        # Every variant's knobs; a variant reads only those it declares (research.attention.registry).
+        attention_options=dict(
+            block_size=128,  # blockwise / block-sparse: keys per block
+            window=128,  # sliding: each query sees this many most recent keys, itself included
+            num_global=1,  # block-sparse: leading blocks every query sees and that see everything
+            stride=64,  # strided: a query sees its own stride-long chunk and every stride-th key
+            rank=64,  # linformer: keys/values projected to this many rows
+            num_features=128,  # performer: random features
+            block_q=128,  # flash: query tile
+            block_kv=128,  # flash: key/value tile
+            interpret=False,  # flash: run the Pallas kernel in interpret mode (CPU tests)
+        ),
         dtype="float32",
         param_dtype="float32",
     )
@@ -211,5 +223,6 @@ def model_config(config, vocab_size: int) -> ModelConfig:
         m["mlp_dim"] = 4 * m["d_model"]
     if m["max_len"] == -1:
         m["max_len"] = config.data.seq_len
+    m["attention_options"] = tuple(sorted(m["attention_options"].items()))  # hashable, for the frozen dataclass
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     return ModelConfig(**{k: v for k, v in m.items() if k in fields})

@@ -18,9 +18,10 @@ and modules only ever hold the name.
 """
 
 from research.attention.dense import cached_attention, dense_attention, make_attention_mask
-from research.attention.registry import get_attention, list_attention, register_attention
+from research.attention.registry import attention_options, get_attention, list_attention, register_attention
 
 __all__ = [
+    "attention_options",
     "cached_attention",
     "dense_attention",
     "get_attention",

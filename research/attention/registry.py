@@ -1,19 +1,29 @@
-"""Name -> attention function registry (see research.attention for the signature)."""
+"""Name -> attention function registry (see research.attention for the signature).
 
-from collections.abc import Callable
+A variant declares the options it reads (`window`, `block_size`, ...). Models
+carry every option from `config.model.attention_options`; `get_attention`
+binds only the ones the chosen variant declares, so adding a variant never
+changes the modules or the other variants.
+"""
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
 
 AttentionFn = Callable[..., "jax.Array"]  # noqa: F821 (documented signature, not enforced)
 
-_REGISTRY: dict[str, AttentionFn] = {}
+_REGISTRY: dict[str, tuple[AttentionFn, tuple[str, ...]]] = {}
 
 
-def register_attention(name: str):
-    """Decorator: `@register_attention("dense")` makes `fn` selectable by name."""
+def register_attention(name: str, options: Iterable[str] = ()):
+    """Decorator: `@register_attention("sliding", options=("window",))` makes `fn` selectable by name.
+
+    `options` are keyword arguments of `fn` filled from the model's attention options.
+    """
 
     def wrap(fn: AttentionFn) -> AttentionFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
+        if name in _REGISTRY and _REGISTRY[name][0] is not fn:
             raise ValueError(f"attention {name!r} is already registered")
-        _REGISTRY[name] = fn
+        _REGISTRY[name] = (fn, tuple(options))
         return fn
 
     return wrap
@@ -23,10 +33,26 @@ def list_attention() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_attention(name: str) -> AttentionFn:
+def attention_options(name: str) -> tuple[str, ...]:
+    """The option names variant `name` reads."""
+    return _lookup(name)[1]
+
+
+def _lookup(name: str):
     try:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(
             f"model.attention={name!r} is not a registered attention; choose one of {list_attention()}"
         ) from None
+
+
+def get_attention(name: str, options: Mapping | None = None) -> AttentionFn:
+    """The function registered as `name`, with the options it declares bound from `options`.
+
+    Options other variants read are ignored; a declared option missing from
+    `options` keeps the function's own default.
+    """
+    fn, declared = _lookup(name)
+    bound = {k: v for k, v in dict(options or {}).items() if k in declared}
+    return functools.partial(fn, **bound) if bound else fn

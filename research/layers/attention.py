@@ -17,6 +17,7 @@ class Attention(nn.Module):
     num_kv_heads: int
     head_dim: int
     attention: str = "dense"
+    attention_options: tuple = ()  # ((name, value), ...); the variant binds those it declares
     use_rope: bool = True
     rope_theta: float = 10_000.0
     dtype: jax.typing.DTypeLike = None
@@ -48,7 +49,9 @@ class Attention(nn.Module):
         if decode:
             out = self._decode_attend(q, k, v, segment_ids)
         else:
-            out = get_attention(self.attention)(q, k, v, causal=True, segment_ids=segment_ids)
+            out = get_attention(self.attention, dict(self.attention_options))(
+                q, k, v, causal=True, segment_ids=segment_ids
+            )
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
         return self._einsum(
             "blhk,hkd->bld", out, (self.num_heads, hd, d_model), ("heads", "head_dim", "embed"), "out", (0, 1)

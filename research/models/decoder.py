@@ -29,6 +29,7 @@ class ModelConfig:
     max_len: int = 256  # longest sequence (training rows, or prompt + generated tokens)
     tie_embeddings: bool = True
     attention: str = "dense"  # a name in research.attention's registry
+    attention_options: tuple = ()  # ((name, value), ...): config.model.attention_options, sorted
     dtype: str = "float32"  # activations and matmuls
     param_dtype: str = "float32"
 
@@ -52,6 +53,7 @@ class Block(nn.Module):
             num_kv_heads=c.num_kv_heads,
             head_dim=c.head_dim,
             attention=c.attention,
+            attention_options=c.attention_options,
             use_rope=c.position == "rope",
             rope_theta=c.rope_theta,
             dtype=c.dtype,
