@@ -12,9 +12,11 @@ import ml_collections
 
 from research.attention import list_attention
 from research.layers.mlp import FFNS
+from research.layers.moe import check_config as check_moe_config
 from research.layers.norms import NORMS
 from research.layers.position import POSITIONS
 from research.models import ModelConfig
+from research.quant.config import validate_compression
 from research.tokenizers import TOKENIZER_KINDS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -36,6 +38,8 @@ def default_config() -> ml_collections.ConfigDict:
         rope_theta=10_000.0,
         max_len=-1,  # -1: data.seq_len
         tie_embeddings=True,
+        scale_tied_logits=True,  # tied logits times d_model**-0.5; False for GPT-2 checkpoints
+        use_bias=False,  # biases in attention and MLP projections (GPT-2, BERT)
         attention="dense",  # a name in research.attention's registry
         # Every variant's knobs; a variant reads only those it declares (research.attention.registry).
         attention_options=dict(
@@ -49,6 +53,16 @@ def default_config() -> ml_collections.ConfigDict:
             block_kv=128,  # flash: key/value tile
             interpret=False,  # flash: run the Pallas kernel in interpret mode (CPU tests)
         ),
+        # Mixture of Experts (research.layers.moe): 0 experts = dense FFN in every block.
+        moe_num_experts=0,
+        moe_top_k=2,  # experts per token (1: Switch, 2: Mixtral)
+        moe_every=2,  # blocks i with (i + 1) % moe_every == 0 are MoE (2: every other block)
+        moe_mlp_dim=-1,  # each expert's hidden width; -1: model.mlp_dim
+        moe_capacity_factor=1.25,  # slots per expert = factor * tokens * top_k / experts (per batch row)
+        moe_dropless=False,  # True: grouped matmul (ragged_dot), no capacity, nothing dropped
+        moe_renormalize=True,  # gates = softmax over the top-k logits; False: raw router probabilities
+        moe_aux_weight=0.01,  # Switch load-balancing loss weight
+        moe_z_weight=1e-3,  # router z-loss weight
         dtype="float32",
         param_dtype="float32",
     )
@@ -66,6 +80,8 @@ def default_config() -> ml_collections.ConfigDict:
         num_shards=-1,  # -1: one per process. Fix it to make runs with different process counts see the same batches.
     )
     c.train = dict(
+        task="lm",  # the objective: a name in research.train.tasks' registry (lm, mlm, sft, ...)
+        init_from="",  # a workdir whose newest checkpoint initialises the matching parameters
         steps=1000,
         batch_size=16,
         grad_accum_steps=1,
@@ -87,8 +103,23 @@ def default_config() -> ml_collections.ConfigDict:
         eps=1e-8,
         clip_norm=1.0,
     )
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: whatever the other axes leave
+    # -1: whatever the other axes leave. `expert` shards MoE experts and is also a data axis elsewhere.
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, expert=1)
     c.sample = dict(prompt="def ", num_samples=4, max_new_tokens=128, temperature=0.8, top_k=0, top_p=0.95)
+    # Weight-only quantization (research.quant): of a frozen base (QLoRA) and for inference.
+    c.quant = dict(
+        format="none",  # none | int8 | int4 | nf4
+        group_size=64,  # rows of a weight's contraction axis per scale; -1: one scale per output channel
+        double_quant=False,  # quantize the scales too (int8 in blocks of 256), as QLoRA does for NF4
+        targets=".*",  # regex over parameter paths ('block_0/attn/query') of the weights to quantize
+        exclude="embed|router",  # regex of paths kept in float (embeddings, MoE routers)
+    )
+    # Knowledge distillation (train.task='distill', research.distill).
+    c.distill = dict(
+        teacher_workdir="",  # a trained teacher's workdir; its config.json gives the teacher's model
+        temperature=2.0,  # both distributions are softened by it; the KL term is scaled by T^2
+        alpha=0.5,  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * hard-label cross-entropy
+    )
     return c
 
 
@@ -207,9 +238,11 @@ def validate(config) -> None:
         raise ValueError(f"model.max_len={m.max_len} is shorter than data.seq_len={d.seq_len}")
     if t.batch_size % t.grad_accum_steps:
         raise ValueError(f"train.grad_accum_steps={t.grad_accum_steps} must divide train.batch_size={t.batch_size}")
-    for axis in ("data", "fsdp", "tensor"):
+    for axis in ("data", "fsdp", "tensor", "expert"):
         if config.mesh[axis] == 0 or config.mesh[axis] < -1:
             raise ValueError(f"mesh.{axis} must be a positive size or -1, got {config.mesh[axis]}")
+    check_moe_config(m, config.mesh)
+    validate_compression(config)
 
 
 def model_config(config, vocab_size: int) -> ModelConfig:

@@ -35,8 +35,11 @@ def _lookup(config: dict, dotted: str):
     return config
 
 
-def check_resume_compatible(workdir, config) -> None:
-    """Raises ValueError naming every key where `config` differs from the workdir's run."""
+def check_resume_compatible(workdir, config, extra_keys=()) -> None:
+    """Raises ValueError naming every key where `config` differs from the workdir's run.
+
+    extra_keys: more dotted keys that must match (a task's `resume_must_match`).
+    """
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         return
@@ -46,12 +49,15 @@ def check_resume_compatible(workdir, config) -> None:
         raise ValueError(f"{path} is not valid JSON ({e}); refusing to reuse this workdir") from None
     current = config.to_dict()
     diffs = []
-    for key in RESUME_MUST_MATCH:
+    for key in (*RESUME_MUST_MATCH, "train.task", "train.init_from", *extra_keys):
         try:
             old = _lookup(saved, key)
         except KeyError:
             old = "<missing>"
-        new = _lookup(current, key)
+        try:
+            new = _lookup(current, key)
+        except KeyError:
+            new = "<missing>"
         if isinstance(new, dict) and isinstance(old, dict):
             diffs += [f"{key}.{k}: {old.get(k, '<missing>')!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
         elif old != new:
@@ -112,3 +118,71 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
         ),
     )
     return restored["state"]
+
+
+def latest_params(workdir, abstract_params):
+    """The params of `workdir`'s newest checkpoint, restored into `abstract_params`' shapes and shardings.
+
+    Only the params are read (orbax partial restore): no optimizer state, no
+    data iterator.
+    """
+    workdir = absolute(workdir)
+    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
+    step = manager.latest_step()
+    if step is None:
+        raise ValueError(f"workdir {workdir} holds no checkpoint")
+    item = {"params": abstract_params}
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+            )
+        ),
+    )
+    manager.close()
+    return restored["state"]["params"]
+
+
+def init_from(workdir, params):
+    """`params` with every leaf that `workdir`'s newest checkpoint also holds (same path) replaced by it.
+
+    For fine-tuning: a classifier head or a new adapter keeps its fresh init,
+    the pretrained body is loaded. A shared path with another shape is an error
+    naming the path; no shared path at all is an error too.
+    """
+    workdir = absolute(workdir)
+    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
+    step = manager.latest_step()
+    if step is None:
+        raise ValueError(f"train.init_from={str(workdir)!r} holds no checkpoint")
+    saved = manager.item_metadata(step)["state"]["params"]
+    manager.close()
+    flat_saved = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(saved)}
+    flat = jax.tree_util.tree_leaves_with_path(params)
+    shared = {}
+    for path, leaf in flat:
+        key = jax.tree_util.keystr(path)
+        if key in flat_saved:
+            if tuple(flat_saved[key].shape) != tuple(leaf.shape):
+                raise ValueError(
+                    f"train.init_from: parameter {key} has shape {tuple(flat_saved[key].shape)} in {workdir}"
+                    f" but {tuple(leaf.shape)} in this model"
+                )
+            shared[key] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    if not shared:
+        raise ValueError(f"train.init_from={str(workdir)!r} shares no parameter path with this model")
+    # Restore just the shared leaves, nested like the checkpoint.
+    abstract = jax.tree_util.tree_map_with_path(
+        lambda p, leaf: shared.get(jax.tree_util.keystr(p)), params, is_leaf=lambda x: x is None
+    )
+    loaded = latest_params(workdir, _drop_none(abstract))
+    flat_loaded = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
+    return jax.tree_util.tree_map_with_path(lambda p, leaf: flat_loaded.get(jax.tree_util.keystr(p), leaf), params)
+
+
+def _drop_none(tree):
+    if isinstance(tree, dict):
+        out = {k: _drop_none(v) for k, v in tree.items()}
+        return {k: v for k, v in out.items() if v is not None and v != {}}
+    return tree

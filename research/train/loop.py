@@ -14,9 +14,7 @@ from etils import epath
 from tqdm import tqdm
 
 from research import config as config_lib
-from research.data import DataSpec, make_eval_batches, make_train_iterator
 from research.data.pipeline import document_texts
-from research.models import DecoderLM
 from research.tokenizers import ByteTokenizer, load_tokenizer, train_tokenizer
 from research.train import checkpoint
 from research.train.metrics import MetricsWriter
@@ -24,6 +22,7 @@ from research.train.report import write_report
 from research.train.sharding import LOGICAL_RULES, batch_sharding, make_mesh, mesh_shape
 from research.train.state import count_params, create_train_state, learning_rate_schedule, make_optimizer, state_shapes
 from research.train.step import eval_step, train_step
+from research.train.tasks import data_spec, get_task
 
 
 def workdir_tokenizer(config, workdir):
@@ -39,22 +38,6 @@ def workdir_tokenizer(config, workdir):
         return ByteTokenizer()
     texts = document_texts(data_spec(config), max_bytes=d.tokenizer_sample_bytes)
     return train_tokenizer(d.tokenizer, texts, vocab_size=d.vocab_size, min_frequency=d.tokenizer_min_frequency)
-
-
-def data_spec(config) -> DataSpec:
-    d = config.data
-    num_shards = jax.process_count() if d.num_shards == -1 else d.num_shards
-    return DataSpec(
-        name=d.name,
-        data_dir=d.data_dir or None,
-        text_key=d.text_key,
-        train_split=d.train_split,
-        eval_split=d.eval_split,
-        seq_len=d.seq_len,
-        global_batch_size=config.train.batch_size,
-        num_shards=num_shards,
-        seed=config.train.seed,
-    )
 
 
 def check_batch_fits_mesh(config, num_devices: int) -> None:
@@ -75,14 +58,34 @@ def _to_global(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def evaluate(eval_fn, params, batches, sharding) -> dict:
-    loss_sum = count = 0.0
+def evaluate(eval_fn, params, frozen, batches, sharding) -> dict:
+    """Sums every batch's {"loss_sum", "count", other sums...}; reports each sum per count."""
+    totals: dict[str, float] = {}
     for batch in batches:
-        out = jax.device_get(eval_fn(params, _to_global(batch, sharding)))
-        loss_sum += float(out["loss_sum"])
-        count += float(out["count"])
-    loss = loss_sum / max(count, 1.0)
-    return {"eval_loss": loss, "eval_perplexity": float(np.exp(min(loss, 50.0)))}
+        out = jax.device_get(eval_fn(params, _to_global(batch, sharding), frozen))
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    count = max(totals.pop("count"), 1.0)
+    loss = totals.pop("loss_sum") / count
+    extra = {f"eval_{k.removesuffix('_sum')}": v / count for k, v in totals.items()}
+    return {"eval_loss": loss, "eval_perplexity": float(np.exp(min(loss, 50.0))), **extra}
+
+
+def _window_means(window: list[dict]) -> dict:
+    """Target-weighted means of each logged quantity over the window's steps.
+
+    One batch's loss is noisy (files differ a lot); the window's mean is not.
+    Vectors (e.g. per-expert load) average elementwise.
+    """
+    tokens = np.array([float(m["target_tokens"]) for m in window])
+    out = {}
+    for key in window[0]:
+        if key in ("target_tokens", "learning_rate", "grad_norm"):
+            continue
+        values = np.stack([np.asarray(m[key], np.float64) for m in window])
+        mean = np.tensordot(tokens, values, axes=1) / tokens.sum()
+        out[key] = mean.tolist()
+    return out
 
 
 def train(config, workdir) -> dict:
@@ -90,25 +93,17 @@ def train(config, workdir) -> dict:
     # --- Validate everything before compiling or writing anything. ---
     config_lib.validate(config)
     workdir = epath.Path(workdir)
-    checkpoint.check_resume_compatible(workdir, config)
     check_batch_fits_mesh(config, jax.device_count())
+    task_cls = get_task(config.train.task)
+    checkpoint.check_resume_compatible(workdir, config, extra_keys=task_cls.resume_must_match)
     tokenizer = workdir_tokenizer(config, workdir)
-    model = DecoderLM(config_lib.model_config(config, tokenizer.vocab_size))
+    task = task_cls(config, tokenizer)
     t = config.train
 
     # --- Mesh, data, state. ---
     mesh = make_mesh(config.mesh)
-    spec = data_spec(config)
-    train_iter = make_train_iterator(
-        spec, tokenizer, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    eval_batches = make_eval_batches(
-        spec,
-        tokenizer,
-        num_batches=t.eval_batches,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    train_iter = task.train_iterator(jax.process_index(), jax.process_count())
+    eval_batches = task.eval_batches(jax.process_index(), jax.process_count())
     lr_fn = learning_rate_schedule(config.optim, t.steps)
     tx = make_optimizer(config.optim, t.steps)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -116,10 +111,13 @@ def train(config, workdir) -> dict:
     data_sharding = batch_sharding(mesh)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        abstract_state, state_sharding = state_shapes(model, tx, mesh)
+        abstract_state, state_sharding = state_shapes(task.model, tx, mesh, init_fn=task.init_params)
+        frozen = task.frozen_params(mesh)
         start = manager.latest_step()
         if start is None:
-            state, _ = create_train_state(model, tx, mesh, jax.random.key(t.seed))
+            state, _ = create_train_state(task.model, tx, mesh, jax.random.key(t.seed), init_fn=task.init_params)
+            if t.init_from:
+                state = state.replace(params=checkpoint.init_from(t.init_from, state.params))
             start = 0
         else:
             state = checkpoint.restore(manager, start, abstract_state, train_iter)
@@ -128,15 +126,22 @@ def train(config, workdir) -> dict:
             tokenizer.save(workdir / "tokenizer.json")
 
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        frozen_sharding = jax.tree.map(lambda x: x.sharding, frozen)
         p_train = jax.jit(
-            functools.partial(train_step, grad_accum_steps=t.grad_accum_steps, learning_rate_fn=lr_fn),
-            in_shardings=(state_sharding, data_sharding),
+            functools.partial(
+                train_step,
+                grad_accum_steps=t.grad_accum_steps,
+                learning_rate_fn=lr_fn,
+                loss_fn=task.loss,
+                seed=t.seed,
+            ),
+            in_shardings=(state_sharding, data_sharding, frozen_sharding),
             out_shardings=(state_sharding, replicated),
             donate_argnums=0,
         )
         p_eval = jax.jit(
-            functools.partial(eval_step, apply_fn=model.apply),
-            in_shardings=(state_sharding.params, data_sharding),
+            functools.partial(eval_step, sums_fn=task.eval_sums),
+            in_shardings=(state_sharding.params, data_sharding, frozen_sharding),
             out_shardings=replicated,
         )
 
@@ -163,7 +168,7 @@ def train(config, workdir) -> dict:
         )
         for step in bar:
             batch = _to_global(next(train_iter), data_sharding)
-            state, metrics = p_train(state, batch)
+            state, metrics = p_train(state, batch, frozen)
             window.append(metrics)  # device arrays: no host sync until we log
             timed_steps += 1
             if step == start:  # the first call compiles: keep it out of tokens_per_sec
@@ -173,10 +178,8 @@ def train(config, workdir) -> dict:
             if done % t.log_every == 0 or done == t.steps:
                 window = jax.device_get(window)  # blocks: the timing window ends here
                 elapsed = time.perf_counter() - window_start
-                # One batch's loss is noisy (files differ a lot); log the window's token-weighted mean.
-                tokens = sum(float(m["target_tokens"]) for m in window)
                 last = {
-                    "loss": sum(float(m["loss"]) * float(m["target_tokens"]) for m in window) / tokens,
+                    **_window_means(window),
                     "grad_norm": float(np.mean([m["grad_norm"] for m in window])),
                     "learning_rate": float(window[-1]["learning_rate"]),
                     "tokens_per_sec": timed_steps * tokens_per_step / elapsed if timed_steps else None,
@@ -192,7 +195,8 @@ def train(config, workdir) -> dict:
                 jax.block_until_ready(state)
                 paused = time.perf_counter()
                 if evaluating:
-                    eval_metrics = evaluate(p_eval, state.params, eval_batches, data_sharding)
+                    eval_metrics = evaluate(p_eval, state.params, frozen, eval_batches, data_sharding)
+                    eval_metrics.update(task.evaluate(state.params, frozen))
                     writer.write(done, eval_metrics)
                     last.update(eval_metrics)
                 if saving:

@@ -42,19 +42,22 @@ def make_optimizer(optim, steps: int) -> optax.GradientTransformation:
     )
 
 
-def _init_fn(model, tx):
+def _init_fn(model, tx, init_fn):
+    init_fn = init_fn or (lambda rng: init_params(model, rng))
+
     def init(rng):
-        return TrainState.create(apply_fn=model.apply, params=init_params(model, rng), tx=tx)
+        return TrainState.create(apply_fn=model.apply, params=init_fn(rng), tx=tx)
 
     return init
 
 
-def state_shapes(model, tx, mesh):
+def state_shapes(model, tx, mesh, *, init_fn=None):
     """(abstract state carrying shardings, shardings), allocating nothing: jax.eval_shape only.
 
+    init_fn: rng -> boxed params (a task's `init_params`); default `init_params(model, rng)`.
     The abstract state is what orbax restores into.
     """
-    boxed = jax.eval_shape(_init_fn(model, tx), jax.random.key(0))
+    boxed = jax.eval_shape(_init_fn(model, tx, init_fn), jax.random.key(0))
     shardings = logical_shardings(boxed, mesh)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(boxed), shardings
@@ -62,10 +65,10 @@ def state_shapes(model, tx, mesh):
     return abstract, shardings
 
 
-def create_train_state(model, tx, mesh, rng):
+def create_train_state(model, tx, mesh, rng, *, init_fn=None):
     """Returns (state, shardings); the state is born sharded, never whole on one device."""
-    _, shardings = state_shapes(model, tx, mesh)
-    state = jax.jit(lambda r: nn.unbox(_init_fn(model, tx)(r)), out_shardings=shardings)(rng)
+    _, shardings = state_shapes(model, tx, mesh, init_fn=init_fn)
+    state = jax.jit(lambda r: nn.unbox(_init_fn(model, tx, init_fn)(r)), out_shardings=shardings)(rng)
     return state, shardings
 
 

@@ -1,8 +1,33 @@
-"""Loss and the pure train/eval steps. Everything here is traced once under jax.jit."""
+"""Losses and the pure train/eval steps. Everything here is traced once under jax.jit.
+
+A loss function has the signature `loss_fn(params, frozen, batch, rng) ->
+(objective_sum, count, {metric: sum})` (see research/train/tasks.py); the
+steps only divide by the batch's total count.
+"""
 
 import jax
 import jax.numpy as jnp
 import optax
+
+
+def apply_with_aux(apply_fn, variables, *args, **kwargs):
+    """model.apply that also returns what modules sowed: (outputs, aux_loss, metrics).
+
+    aux_loss: the sum of everything sown into "losses" (already weighted by the
+    module), or None if nothing was: known at trace time, since the sown
+    tree's structure is static.
+    metrics: {name: mean over the modules that sowed `name` into "metrics"}.
+    """
+    out, sown = apply_fn(variables, *args, mutable=["losses", "metrics"], **kwargs)
+    sown_losses = jax.tree.leaves(sown.get("losses", {}))
+    aux = sum(jnp.sum(x).astype(jnp.float32) for x in sown_losses) if sown_losses else None
+    by_name: dict[str, list] = {}
+    for path, value in jax.tree_util.tree_leaves_with_path(sown.get("metrics", {})):
+        # Paths look like (block_1, mlp, name, 0): sow keeps a tuple per name.
+        name = next(p.key for p in reversed(path) if isinstance(p, jax.tree_util.DictKey))
+        by_name.setdefault(name, []).append(value)
+    metrics = {k: sum(v) / len(v) for k, v in by_name.items()}
+    return out, aux, metrics
 
 
 def next_token_targets(batch):
@@ -19,37 +44,67 @@ def next_token_targets(batch):
     return targets, weights.astype(jnp.float32)
 
 
-def lm_loss_sums(params, apply_fn, batch):
-    """(sum of token cross-entropies, number of target tokens) for one batch."""
-    logits = apply_fn(
-        {"params": params}, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"]
+def lm_token_losses(apply_fn, params, batch):
+    """(cross-entropies [b, len] float32, weights [b, len], aux loss or None, sown metrics)."""
+    logits, aux, metrics = apply_with_aux(
+        apply_fn, {"params": params}, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"]
     )
     targets, weights = next_token_targets(batch)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # float32
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets), weights, aux, metrics
+
+
+def lm_loss_sums(params, apply_fn, batch):
+    """(sum of token cross-entropies, number of target tokens) for one batch."""
+    losses, weights, _, _ = lm_token_losses(apply_fn, params, batch)
     return jnp.sum(losses * weights), jnp.sum(weights)
 
 
-def train_step(state, batch, *, grad_accum_steps: int, learning_rate_fn):
+def lm_loss(params, frozen, batch, rng, *, apply_fn):
+    """Next-token loss in the loss-function convention; sown regularisers join the objective."""
+    del frozen, rng
+    losses, weights, aux, metrics = lm_token_losses(apply_fn, params, batch)
+    count = jnp.sum(weights)
+    nll = jnp.sum(losses * weights)
+    sums = {k: v * count for k, v in metrics.items()}
+    if aux is None:
+        return nll, count, sums
+    sums.update(nll=nll, aux_loss=aux * count)
+    return nll + aux * count, count, sums
+
+
+def train_step(state, batch, frozen=None, *, grad_accum_steps: int, learning_rate_fn, loss_fn=None, seed: int = 0):
     """One optimizer update over `grad_accum_steps` micro-batches (a lax.scan).
 
-    The loss is the mean over every target token of the whole batch, so
-    accumulating gradients changes memory use, not the maths.
+    loss_fn: (params, frozen, batch, rng) -> (objective_sum, count, metric_sums);
+    default: next-token LM with `state.apply_fn`. The objective is divided by
+    the whole batch's count, so accumulating gradients changes memory use, not
+    the maths. rng: derived from (seed, step, micro-batch), so a resumed run
+    draws what an uninterrupted one would.
     """
+    if loss_fn is None:
+        loss_fn = lambda p, f, b, r: lm_loss(p, f, b, r, apply_fn=state.apply_fn)  # noqa: E731
+    step_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
-    def micro(mb):
-        return jax.value_and_grad(lm_loss_sums, has_aux=True)(state.params, state.apply_fn, mb)
+    def micro(mb, i):
+        def objective(params):
+            total, count, sums = loss_fn(params, frozen, mb, jax.random.fold_in(step_rng, i))
+            return total, (count, sums)
+
+        (total, (count, sums)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        return (total, count, sums), grads
 
     if grad_accum_steps == 1:
-        (loss_sum, count), grads = micro(batch)
+        (loss_sum, count, sums), grads = micro(batch, 0)
     else:
         split = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+        shapes = jax.eval_shape(lambda: micro(jax.tree.map(lambda x: x[0], split), 0))
 
-        def body(carry, mb):
-            (loss_sum, count), grads = micro(mb)
-            return jax.tree.map(jnp.add, carry, ((loss_sum, count), grads)), None
+        def body(carry, xs):
+            mb, i = xs
+            return jax.tree.map(jnp.add, carry, micro(mb, i)), None
 
-        zeros = ((jnp.zeros(()), jnp.zeros(())), jax.tree.map(jnp.zeros_like, state.params))
-        ((loss_sum, count), grads), _ = jax.lax.scan(body, zeros, split)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        ((loss_sum, count, sums), grads), _ = jax.lax.scan(body, zeros, (split, jnp.arange(grad_accum_steps)))
 
     count = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
@@ -58,10 +113,11 @@ def train_step(state, batch, *, grad_accum_steps: int, learning_rate_fn):
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": learning_rate_fn(state.step),
         "target_tokens": count,
+        **{k: v / count for k, v in sums.items()},
     }
     return state.apply_gradients(grads=grads), metrics
 
 
-def eval_step(params, batch, *, apply_fn):
-    loss_sum, count = lm_loss_sums(params, apply_fn, batch)
-    return {"loss_sum": loss_sum, "count": count}
+def eval_step(params, batch, frozen=None, *, sums_fn):
+    """sums_fn(params, frozen, batch) -> {"loss_sum", "count", ...}: summed by the caller over batches."""
+    return sums_fn(params, frozen, batch)
