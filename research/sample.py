@@ -7,7 +7,6 @@ r"""Sample from a trained workdir.
 import json
 
 import jax
-import orbax.checkpoint as ocp
 from absl import app, flags
 from etils import epath
 from ml_collections import ConfigDict
@@ -29,15 +28,11 @@ def load_model(workdir):
     config = ConfigDict(json.loads((workdir / "config.json").read_text()))
     tokenizer = load_tokenizer(workdir / "tokenizer.json")
     model = DecoderLM(config_lib.model_config(config, tokenizer.vocab_size))
-    manager = checkpoint.make_manager(workdir, keep=config.train.keep_checkpoints, async_checkpointing=False)
-    step = manager.latest_step()
-    if step is None:
-        raise ValueError(f"--workdir {workdir} holds no checkpoint yet")
     mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1))
     abstract, _ = state_shapes(model, make_optimizer(config.optim, config.train.steps), mesh)
-    # Restores only the "state" item; the data iterator is not needed to sample.
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    return model, state.params, tokenizer, config
+    # Only the params are read: no optimizer state, no data iterator.
+    params = checkpoint.latest_params(workdir, abstract.params)
+    return model, params, tokenizer, config
 
 
 def print_samples(workdir, prompts, *, max_new_tokens, temperature, top_k, top_p, seed=0):

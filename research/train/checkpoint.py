@@ -127,7 +127,7 @@ def latest_params(workdir, abstract_params):
     data iterator.
     """
     workdir = absolute(workdir)
-    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
+    manager = _params_reader(workdir)
     step = manager.latest_step()
     if step is None:
         raise ValueError(f"workdir {workdir} holds no checkpoint")
@@ -152,7 +152,7 @@ def init_from(workdir, params):
     naming the path; no shared path at all is an error too.
     """
     workdir = absolute(workdir)
-    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
+    manager = _params_reader(workdir)
     step = manager.latest_step()
     if step is None:
         raise ValueError(f"train.init_from={str(workdir)!r} holds no checkpoint")
@@ -179,6 +179,15 @@ def init_from(workdir, params):
     loaded = latest_params(workdir, _drop_none(abstract))
     flat_loaded = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
     return jax.tree_util.tree_map_with_path(lambda p, leaf: flat_loaded.get(jax.tree_util.keystr(p), leaf), params)
+
+
+def _params_reader(workdir) -> ocp.CheckpointManager:
+    """A read-only manager over `workdir`'s checkpoints that knows the state item is a pytree."""
+    return ocp.CheckpointManager(
+        workdir / "checkpoints",
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    )
 
 
 def _drop_none(tree):
