@@ -60,6 +60,37 @@ def matching_paths(params, pattern: str, *, field: str, min_ndim: int = 2) -> li
     return paths
 
 
+def find_modules(model: nn.Module, init_inputs: dict, classes: tuple) -> dict[tuple, tuple]:
+    """{module path: (module, output shape)} for every call of a module of `classes` in model.init.
+
+    Shape-only (jax.eval_shape): costs one trace, no FLOPs. This is how prefix
+    tuning and adapters find the attention and MLP layers of any of our models
+    without knowing how the model nests them.
+    """
+    found = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and isinstance(context.module, classes):
+            found[tuple(context.module.path)] = (context.module, tuple(out.shape))
+        return out
+
+    def init():
+        with nn.intercept_methods(record):
+            return model.init(jax.random.key(0), **init_inputs)
+
+    jax.eval_shape(init)
+    if not found:
+        names = ", ".join(c.__name__ for c in classes)
+        raise ValueError(f"{type(model).__name__} calls no {names} module: this PEFT method has nothing to attach to")
+    return found
+
+
+def nest(flat: dict[tuple, object]) -> dict:
+    """{("block_0", "attn"): x} -> {"block_0": {"attn": x}}."""
+    return traverse_util.unflatten_dict(flat)
+
+
 def count_params(tree) -> int:
     """Number of scalars in a tree (boxed or not); 0 for None."""
     if tree is None:
