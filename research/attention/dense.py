@@ -35,8 +35,11 @@ def make_attention_mask(q_len, kv_len, *, causal=False, segment_ids=None, mask=N
 
 
 @register_attention("dense")
-def dense_attention(q, k, v, *, causal=False, segment_ids=None, mask=None):
-    """softmax(q k^T / sqrt(d)) v with the logits materialised: O(q_len * kv_len) memory."""
+def dense_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, bias=None):
+    """softmax(q k^T / sqrt(d) + bias) v with the logits materialised: O(q_len * kv_len) memory.
+
+    bias: optional float, broadcastable to [batch, heads, q_len, kv_len] (e.g. T5 relative positions).
+    """
     batch, q_len, heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     if heads % kv_heads:
@@ -52,6 +55,8 @@ def dense_attention(q, k, v, *, causal=False, segment_ids=None, mask=None):
     # Logits and softmax in float32 whatever the activation dtype: bf16
     # softmax over long rows loses the small probabilities.
     logits = jnp.matmul(qh * jnp.asarray(head_dim**-0.5, q.dtype), kh, preferred_element_type=jnp.float32)
+    if bias is not None:
+        logits = logits + _bias_layout(bias, kv_heads, groups)
     m = make_attention_mask(q_len, kv_len, causal=causal, segment_ids=segment_ids, mask=mask)
     if m is not None:
         # m: [b|1, h|1, q, kv] -> [b|1, kvh|1, g*q, kv], the logits' layout (4-d keeps XLA's CPU loops simple).
@@ -66,7 +71,17 @@ def dense_attention(q, k, v, *, causal=False, segment_ids=None, mask=None):
     return out.reshape(batch, q_len, heads, head_dim)
 
 
-def cached_attention(q, k_cache, v_cache, mask):
+def _bias_layout(bias, kv_heads, groups):
+    """[b|1, h|1, q, kv] -> [b|1, kvh|1, g*q, kv] float32: the logits' heads-major layout."""
+    bias = jnp.asarray(bias, jnp.float32)
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    b, h, q_len, kv_len = bias.shape
+    if h == 1:
+        return jnp.tile(bias, (1, 1, groups, 1)) if groups > 1 else bias
+    return bias.reshape(b, kv_heads, groups * q_len, kv_len)  # head = kv_head * groups + g
+
+
+def cached_attention(q, k_cache, v_cache, mask, bias=None):
     """Attention of a few new queries against a KV cache kept heads-major.
 
     q: [batch, q_len, heads, head_dim]; k_cache, v_cache: [batch, kv_heads, cache_len, head_dim];
@@ -80,6 +95,8 @@ def cached_attention(q, k_cache, v_cache, mask):
     qh = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
     qh = qh.reshape(batch, kv_heads, groups * q_len, head_dim) * jnp.asarray(head_dim**-0.5, q.dtype)
     logits = jnp.einsum("bkqd,bktd->bkqt", qh, k_cache, preferred_element_type=jnp.float32)
+    if bias is not None:
+        logits = logits + _bias_layout(bias, kv_heads, groups)
     mask = jnp.tile(mask, (1, 1, groups, 1)) if groups > 1 else mask  # [b, 1, g*q, cache]
     logits = jnp.where(mask, logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v_cache.dtype)

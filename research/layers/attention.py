@@ -4,6 +4,8 @@
 in between that divides num_heads is GQA.
 """
 
+import inspect
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,8 @@ class Attention(nn.Module):
     attention_options: tuple = ()  # ((name, value), ...); the variant binds those it declares
     use_rope: bool = True
     rope_theta: float = 10_000.0
+    causal: bool = True  # False: bidirectional (encoders)
+    use_bias: bool = False  # biases on the q/k/v/out projections (GPT-2, BERT)
     dtype: jax.typing.DTypeLike = None
     param_dtype: jax.typing.DTypeLike = "float32"
 
@@ -29,11 +33,20 @@ class Attention(nn.Module):
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=fan_in_axes)
         kernel = self.param(name, nn.with_logical_partitioning(init, names), shape, self.param_dtype)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return jnp.einsum(eqn, x, kernel)
+        y = jnp.einsum(eqn, x, kernel)
+        if self.use_bias:  # one bias per output unit: the kernel's non-contracted axes
+            n_in = len(fan_in_axes) if isinstance(fan_in_axes, tuple) else 1
+            init = nn.with_logical_partitioning(nn.initializers.zeros, names[n_in:])
+            y = y + self.param(f"{name}_bias", init, shape[n_in:], self.param_dtype).astype(y.dtype)
+        return y
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids=None, *, decode: bool = False):
-        """x: [batch, len, d_model]; positions, segment_ids: [batch, len] int."""
+    def __call__(self, x, positions, segment_ids=None, *, decode: bool = False, bias=None):
+        """x: [batch, len, d_model]; positions, segment_ids: [batch, len] int.
+
+        bias: optional additive logits bias broadcastable to [batch, heads, q_len, kv_len]
+        (T5's relative positions); only attention variants with a `bias` argument take it.
+        """
         d_model = x.shape[-1]
         hd = self.head_dim
         proj = "bld,dhk->blhk"
@@ -47,17 +60,23 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
 
         if decode:
-            out = self._decode_attend(q, k, v, segment_ids)
+            out = self._decode_attend(q, k, v, segment_ids, bias)
         else:
-            out = get_attention(self.attention, dict(self.attention_options))(
-                q, k, v, causal=True, segment_ids=segment_ids
-            )
+            attend = get_attention(self.attention, dict(self.attention_options))
+            extra = {}
+            if bias is not None:
+                if "bias" not in inspect.signature(attend).parameters:
+                    raise ValueError(
+                        f"model.attention={self.attention!r} takes no additive bias (relative positions); use 'dense'"
+                    )
+                extra["bias"] = bias
+            out = attend(q, k, v, causal=self.causal, segment_ids=segment_ids, **extra)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
         return self._einsum(
             "blhk,hkd->bld", out, (self.num_heads, hd, d_model), ("heads", "head_dim", "embed"), "out", (0, 1)
         )
 
-    def _decode_attend(self, q, k, v, segment_ids):
+    def _decode_attend(self, q, k, v, segment_ids, bias=None):
         """Autoregressive step(s) against a KV cache held in the "cache" collection.
 
         The first call (cache creation, e.g. under `init`) sizes the cache from
@@ -87,4 +106,4 @@ class Attention(nn.Module):
         causal = jnp.arange(cache_len)[None, :] <= q_slot[:, None]  # [q, cache]
         seg = cached_seg.value
         mask = causal[None] & (segment_ids[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
-        return cached_attention(q, cached_k.value, cached_v.value, mask[:, None])
+        return cached_attention(q, cached_k.value, cached_v.value, mask[:, None], bias=bias)

@@ -1,11 +1,13 @@
 """Positional encodings: sinusoidal (Vaswani et al.) and rotary (RoPE, Su et al.).
 
-Learned absolute positions are a plain embedding table and live in the model.
+Learned absolute positions are a plain embedding table and live in the model;
+"relative" is T5's bucketed attention bias (research.layers.relative_position),
+which encoders and encoder-decoders support.
 """
 
 import jax.numpy as jnp
 
-POSITIONS = ("learned", "sinusoidal", "rope")
+POSITIONS = ("learned", "sinusoidal", "rope", "relative")
 
 
 def sinusoidal_embedding(positions, d_model: int, *, max_timescale: float = 10_000.0):

@@ -21,13 +21,15 @@ class ModelConfig:
     num_heads: int = 6
     num_kv_heads: int = 6
     mlp_dim: int = 1536
-    ffn: str = "gelu"  # gelu | swiglu
+    ffn: str = "gelu"  # gelu | gelu_exact | relu | swiglu | geglu
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-6
     position: str = "rope"  # learned | sinusoidal | rope
     rope_theta: float = 10_000.0
     max_len: int = 256  # longest sequence (training rows, or prompt + generated tokens)
     tie_embeddings: bool = True
+    scale_tied_logits: bool = True  # tied logits times d_model**-0.5 (ours, T5); False: GPT-2
+    use_bias: bool = False  # biases in attention projections and MLP (GPT-2, BERT)
     attention: str = "dense"  # a name in research.attention's registry
     attention_options: tuple = ()  # ((name, value), ...): config.model.attention_options, sorted
     dtype: str = "float32"  # activations and matmuls
@@ -56,13 +58,15 @@ class Block(nn.Module):
             attention_options=c.attention_options,
             use_rope=c.position == "rope",
             rope_theta=c.rope_theta,
+            use_bias=c.use_bias,
             dtype=c.dtype,
             param_dtype=c.param_dtype,
             name="attn",
         )(h, positions, segment_ids, decode=decode)
         x = nn.with_logical_constraint(x + h, ACT)
         h = make_norm(c.norm, name="mlp_norm", **norm)(x)
-        h = MLP(c.d_model, c.mlp_dim, kind=c.ffn, dtype=c.dtype, param_dtype=c.param_dtype, name="mlp")(h)
+        mlp = dict(kind=c.ffn, use_bias=c.use_bias, dtype=c.dtype, param_dtype=c.param_dtype)
+        h = MLP(c.d_model, c.mlp_dim, **mlp, name="mlp")(h)
         return nn.with_logical_constraint(x + h, ACT)
 
 
@@ -78,6 +82,8 @@ class DecoderLM(nn.Module):
         decode: use and update the KV cache in the "cache" collection.
         """
         c = self.config
+        if c.position == "relative":
+            raise ValueError("model.position='relative' (T5 bias) is for encoder and encoder-decoder models")
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         embed_init = nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed"))
@@ -103,7 +109,9 @@ class DecoderLM(nn.Module):
         x = make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, name="final_norm")(x)
         if c.tie_embeddings:
             # Unit-variance embeddings make tied logits too large at init; scale by 1/sqrt(d).
-            logits = embed.attend(x) * (c.d_model**-0.5)
+            logits = embed.attend(x)
+            if c.scale_tied_logits:
+                logits = logits * (c.d_model**-0.5)
         else:
             init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab"))
             logits = nn.Dense(
