@@ -1,0 +1,176 @@
+"""Pallas flash attention (kernels/flash_attention) vs research.attention.dense_attention.
+
+The GPU (Triton) and TPU (Mosaic) kernels run in Pallas interpret mode, so these
+tests execute the real kernel bodies on CPU; tiny shapes (seq <= 64, 32-wide
+tiles, head_dim 32) keep them fast. Tolerances: float32 interpret mode differs
+from dense only by summation order (observed ~1e-6): atol/rtol 2e-5. bfloat16:
+both sides round p to bf16 before p @ v and dq/dk/dv are rounded to bf16
+(eps 2^-8 = 0.004) on values of size ~1: atol 4e-2.
+
+Cross-platform lowering (jit(...).trace(...).lower(lowering_platforms=...))
+additionally runs the real Triton and Mosaic lowerings without a GPU/TPU, which
+catches kernels that interpret mode accepts but the compilers reject
+(non-power-of-two Triton tensors, unsupported Mosaic ops).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels.flash_attention import flash_attention as kernel_dispatch
+from kernels.flash_attention import gpu, tpu
+from research.attention import dense_attention, get_attention
+
+TOL = {jnp.float32: 2e-5, jnp.bfloat16: 4e-2}
+
+
+def _inputs(b, q_len, kv_len, heads, kv_heads, hd, dtype, seed=0):
+    kq, kk, kv, kc = jax.random.split(jax.random.PRNGKey(seed), 4)
+    q = jax.random.normal(kq, (b, q_len, heads, hd), jnp.float32).astype(dtype)
+    k = jax.random.normal(kk, (b, kv_len, kv_heads, hd), jnp.float32).astype(dtype)
+    v = jax.random.normal(kv, (b, kv_len, kv_heads, hd), jnp.float32).astype(dtype)
+    ct = jax.random.normal(kc, (b, q_len, heads, hd), jnp.float32)
+    return q, k, v, ct
+
+
+def _packed_segments(b, length):
+    """Row 0: two documents then padding; other rows: one document."""
+    rows = [[1] * (length // 2) + [2] * (length // 4) + [0] * (length - length // 2 - length // 4)]
+    rows += [[1] * length] * (b - 1)
+    return jnp.array(rows, jnp.int32)
+
+
+def _value_and_grads(attend, q, k, v, ct, valid):
+    """out on valid query rows and d(sum(out * ct * valid))/d(q, k, v), all in float32."""
+
+    @jax.jit  # one compilation for forward and backward
+    def run(q, k, v, ct, valid):
+        out, vjp = jax.vjp(attend, q, k, v)
+        grads = vjp((ct * valid[:, :, None, None]).astype(out.dtype))
+        return out.astype(jnp.float32) * valid[:, :, None, None], [g.astype(jnp.float32) for g in grads]
+
+    return run(q, k, v, ct, valid)
+
+
+def _check_against_dense(kernel, *, q_len=64, kv_len=64, heads=4, kv_heads=2, causal=False, segments=False, dtype):
+    b, hd = 2, 32
+    q, k, v, ct = _inputs(b, q_len, kv_len, heads, kv_heads, hd, dtype)
+    seg = None
+    valid = jnp.ones((b, q_len))
+    if segments:
+        q_ids = _packed_segments(b, q_len)
+        kv_ids = _packed_segments(b, kv_len)
+        seg = q_ids if q_len == kv_len else (q_ids, kv_ids)
+        valid = (q_ids != 0).astype(jnp.float32)  # padding queries: flash gives 0, dense a uniform average
+    got = _value_and_grads(lambda q, k, v: kernel(q, k, v, causal=causal, segment_ids=seg), q, k, v, ct, valid)
+    # Reference: dense in float32 on the same (possibly bf16-rounded) inputs.
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    ref = _value_and_grads(lambda q, k, v: dense_attention(q, k, v, causal=causal, segment_ids=seg), *f32, ct, valid)
+    tol = TOL[dtype]
+    for name, a, r in zip(("out", "dq", "dk", "dv"), [got[0], *got[1]], [ref[0], *ref[1]], strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=tol, rtol=tol, err_msg=name)
+
+
+def _gpu(**kw):
+    return lambda q, k, v, **a: gpu.flash_attention(
+        q, k, v, block_q=32, block_kv=32, block_q_bwd=32, block_kv_bwd=32, interpret=True, **a, **kw
+    )
+
+
+def _tpu(**kw):
+    return lambda q, k, v, **a: tpu.flash_attention(q, k, v, block_q=32, block_kv=32, interpret=True, **a, **kw)
+
+
+# Each case compiles three interpret-mode kernels (~5 s on 2 busy cores), so the sweep covers the
+# axes pairwise rather than as a full product: causal x segments x GQA ratio x length x dtype.
+GPU_CASES = {
+    "mha-full": dict(heads=2, kv_heads=2, causal=False, segments=False, dtype=jnp.float32),
+    "gqa2-causal-segments": dict(heads=4, kv_heads=2, causal=True, segments=True, dtype=jnp.float32),
+    "mqa-causal-qshort": dict(heads=4, kv_heads=1, causal=True, q_len=32, dtype=jnp.float32),
+    "gqa2-segments-pair-qlong": dict(heads=4, kv_heads=2, segments=True, q_len=64, kv_len=32, dtype=jnp.float32),
+    "bf16-gqa2-causal": dict(heads=4, kv_heads=2, causal=True, dtype=jnp.bfloat16),
+}
+TPU_CASES = {
+    "mha-full": dict(heads=2, kv_heads=2, causal=False, segments=False, dtype=jnp.float32),
+    "mqa-causal-segments": dict(heads=4, kv_heads=1, causal=True, segments=True, dtype=jnp.float32),
+    "bf16-gqa2-causal-qshort": dict(heads=4, kv_heads=2, causal=True, q_len=32, dtype=jnp.bfloat16),
+}
+
+
+@pytest.mark.parametrize("case", list(GPU_CASES))
+def test_gpu_kernel_matches_dense(case):
+    _check_against_dense(_gpu(), **GPU_CASES[case])
+
+
+@pytest.mark.parametrize("case", list(TPU_CASES))
+def test_tpu_kernel_matches_dense(case):
+    _check_against_dense(_tpu(), **TPU_CASES[case])
+
+
+def test_causal_skips_blocks_above_the_diagonal():
+    """Keys above the diagonal must not matter: poisoning them with NaN leaves the causal output finite and equal."""
+    q, k, v, _ = _inputs(1, 64, 64, 2, 2, 32, jnp.float32)
+    poisoned = v.at[:, 32:].set(jnp.nan)  # only queries >= 32 may read these
+    for kernel in (_gpu(), _tpu()):
+        both = jax.jit(lambda a, b, f=kernel: (f(q, k, a, causal=True), f(q, k, b, causal=True)))
+        out, clean = both(poisoned, v)
+        assert not np.isfinite(np.asarray(out[:, 32:])).all()  # the poison does reach the later queries
+        np.testing.assert_array_equal(np.asarray(out[:, :32]), np.asarray(clean[:, :32]))
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_kernels_lower_for_their_compilers(platform):
+    """Forward + backward lower through Triton / Mosaic at production tile sizes (no device needed)."""
+    module = gpu if platform == "cuda" else tpu
+    spec_q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
+    spec_kv = jax.ShapeDtypeStruct((1, 512, 2, 128), jnp.bfloat16)
+    seg = jax.ShapeDtypeStruct((1, 512), jnp.int32)
+
+    def grads(q, k, v, s):
+        f = lambda q, k, v: module.flash_attention(q, k, v, causal=True, segment_ids=s).astype(jnp.float32).sum()
+        return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+
+    text = jax.jit(grads).trace(spec_q, spec_kv, spec_kv, seg).lower(lowering_platforms=(platform,)).as_text()
+    assert text.count("triton" if platform == "cuda" else "tpu_custom_call") >= 3  # fwd, dq, dkv kernels
+
+
+def test_bad_inputs_raise_clear_errors():
+    q, k, v, _ = _inputs(1, 64, 64, 2, 2, 32, jnp.float32)
+    with pytest.raises(ValueError, match="head_dim=48"):
+        gpu.flash_attention(*(jnp.zeros((1, 64, 2, 48)),) * 3, interpret=True)
+    with pytest.raises(ValueError, match="block_q=48 does not divide q_len=64"):
+        gpu.flash_attention(q, k, v, block_q=48, interpret=True)
+    with pytest.raises(ValueError, match="power-of-two"):
+        gpu.flash_attention(*(jnp.zeros((1, 96, 2, 32)),) * 3, block_q=96, block_kv=32, interpret=True)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        tpu.flash_attention(*(jnp.zeros((1, 512, 2, 128)),) * 3, block_kv=64)
+    with pytest.raises(ValueError, match="supports"):
+        gpu.flash_attention(q.astype(jnp.int32), k, v, interpret=True)
+    with pytest.raises(ValueError, match="multiple of kv heads"):
+        gpu.flash_attention(q, k[:, :, :1].repeat(3, axis=2), v[:, :, :1].repeat(3, axis=2), interpret=True)
+    with pytest.raises(ValueError, match="use model.attention='dense'"):
+        get_attention("flash")(q, k, v, mask=jnp.ones((64, 64), bool))
+    with pytest.raises(ValueError, match="interpret=True"):
+        kernel_dispatch(q, k, v, backend="cpu")
+
+
+def test_registry_dispatch_on_cpu(monkeypatch):
+    """On CPU "flash" is the blockwise variant unless interpret=True, which runs the GPU kernel."""
+    q, k, v, _ = _inputs(1, 64, 64, 2, 1, 32, jnp.float32)
+    calls = []
+    real = gpu.flash_attention
+    monkeypatch.setattr(gpu, "flash_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    ref = dense_attention(q, k, v, causal=True)
+    fallback = get_attention("flash", {"block_kv": 32})(q, k, v, causal=True)
+    assert calls == []
+    np.testing.assert_allclose(np.asarray(fallback), np.asarray(ref), atol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(get_attention("flash", {"block_kv": 32})(q, k, v, causal=True)),
+        np.asarray(get_attention("blockwise", {"block_size": 32})(q, k, v, causal=True)),
+        atol=0,
+    )
+    opts = {"block_q": 32, "block_kv": 32, "interpret": True, "window": 8}  # others' options are ignored
+    kernel_out = get_attention("flash", opts)(q, k, v, causal=True)
+    assert len(calls) == 1 and calls[0]["interpret"] is True and calls[0]["block_q"] == 32
+    np.testing.assert_allclose(np.asarray(kernel_out), np.asarray(ref), atol=2e-5)
