@@ -18,12 +18,14 @@ and modules only ever hold the name.
 """
 
 from research.attention.dense import cached_attention, dense_attention, make_attention_mask
+from research.attention.flash import flash_attention  # registers "flash"
 from research.attention.registry import attention_options, get_attention, list_attention, register_attention
 
 __all__ = [
     "attention_options",
     "cached_attention",
     "dense_attention",
+    "flash_attention",
     "get_attention",
     "list_attention",
     "make_attention_mask",
