@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from research.attention import cached_attention, get_attention
 from research.layers.position import apply_rope
+from research.peft.prefix import with_prefix, with_prefix_cached
 
 
 class Attention(nn.Module):
@@ -70,6 +71,8 @@ class Attention(nn.Module):
                         f"model.attention={self.attention!r} takes no additive bias (relative positions); use 'dense'"
                     )
                 extra["bias"] = bias
+            if self.has_variable("prefix", "key"):  # prefix tuning: learned keys/values (research/peft/prefix.py)
+                attend = with_prefix(attend, **self.variables["prefix"])
             out = attend(q, k, v, causal=self.causal, segment_ids=segment_ids, **extra)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
         return self._einsum(
@@ -106,4 +109,7 @@ class Attention(nn.Module):
         causal = jnp.arange(cache_len)[None, :] <= q_slot[:, None]  # [q, cache]
         seg = cached_seg.value
         mask = causal[None] & (segment_ids[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
-        return cached_attention(q, cached_k.value, cached_v.value, mask[:, None], bias=bias)
+        attend = cached_attention
+        if self.has_variable("prefix", "key"):  # prefix tuning: learned keys/values (research/peft/prefix.py)
+            attend = with_prefix_cached(attend, **self.variables["prefix"])
+        return attend(q, cached_k.value, cached_v.value, mask[:, None], bias=bias)
