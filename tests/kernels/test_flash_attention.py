@@ -174,3 +174,47 @@ def test_registry_dispatch_on_cpu(monkeypatch):
     kernel_out = get_attention("flash", opts)(q, k, v, causal=True)
     assert len(calls) == 1 and calls[0]["interpret"] is True and calls[0]["block_q"] == 32
     np.testing.assert_allclose(np.asarray(kernel_out), np.asarray(ref), atol=2e-5)
+
+
+def test_flash_trains_through_the_model_like_dense():
+    """model.attention="flash" (interpret mode) through DecoderLM: two SGD steps track dense's losses and params."""
+    import flax.linen as nn
+    import optax
+
+    from research.models import DecoderLM, ModelConfig, init_params
+
+    tiny = dict(vocab_size=61, num_layers=1, d_model=64, num_heads=4, num_kv_heads=2, mlp_dim=64, max_len=32)
+    options = (("block_kv", 16), ("block_q", 16), ("interpret", True))
+    flash = DecoderLM(ModelConfig(**tiny, attention="flash", attention_options=options))
+    dense = DecoderLM(ModelConfig(**tiny, attention="dense"))
+    params = nn.unbox(init_params(dense, jax.random.key(0)))
+    tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 61)
+    seg = jnp.array([[1] * 20 + [2] * 8 + [0] * 4, [1] * 32])
+    pos = jnp.array([list(range(20)) + list(range(8)) + [0] * 4, list(range(32))])
+    weight = (seg[:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1])  # next-token targets inside a document
+    opt = optax.sgd(0.5)
+
+    def train(model):
+        @jax.jit
+        def step(params, opt_state):
+            def loss_fn(p):
+                logits = model.apply({"params": p}, tokens, positions=pos, segment_ids=seg)[:, :-1]
+                ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+                return jnp.sum(ce * weight) / jnp.sum(weight)
+
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = opt.update(grads, opt_state)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        p, s, losses = params, opt.init(params), []
+        for _ in range(2):
+            p, s, loss = step(p, s)
+            losses.append(float(loss))
+        return p, losses
+
+    p_flash, l_flash = train(flash)
+    p_dense, l_dense = train(dense)
+    np.testing.assert_allclose(l_flash, l_dense, rtol=1e-5)
+    assert l_flash[1] < l_flash[0]  # it does train
+    for a, b in zip(jax.tree.leaves(p_flash), jax.tree.leaves(p_dense), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
