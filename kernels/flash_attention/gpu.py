@@ -93,7 +93,7 @@ def _kv_loop_bounds(q_start, bq, bkv, num_kv_blocks, causal, has_segments):
 
 def _fwd_kernel(*refs, cfg, bq, bkv, num_kv_blocks, has_segments):
     (q_ref, k_ref, v_ref), qid_ref, kvid_ref, (o_ref, lse_ref) = _split_refs(refs, 3, has_segments)
-    q_start = pl.program_id(2) * bq
+    q_start = (pl.num_programs(0) - 1 - pl.program_id(0)) * bq  # reversed: see _forward
     q = q_ref[...]  # [bq, hd]
     q_ids = qid_ref[...] if has_segments else None
     c = cfg.scale * LOG2E  # logits in base-2 units: exp2(c * qk) = exp(scale * qk)
@@ -138,17 +138,21 @@ def _forward(q, k, v, q_ids, kv_ids, cfg):
     kv_len, kv_heads = k.shape[1], k.shape[2]
     group = heads // kv_heads
     bq, bkv = cfg.block_q, cfg.block_kv
+    n_q = q_len // bq
     has_segments = q_ids is not None
+    # Grid (query tile, batch, head): tile is CUDA's fastest launch axis, so concurrently running programs
+    # share one head's K/V in L2. Tiles go last to first: under causal masking the last tiles do the most
+    # work, and launching them first shortens the tail.
     in_specs = [
-        pl.BlockSpec((None, bq, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-        pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, i: (b, 0, h // group, 0)),
-        pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, i: (b, 0, h // group, 0)),
+        pl.BlockSpec((None, bq, None, head_dim), lambda i, b, h: (b, n_q - 1 - i, h, 0)),
+        pl.BlockSpec((None, kv_len, None, head_dim), lambda i, b, h: (b, 0, h // group, 0)),
+        pl.BlockSpec((None, kv_len, None, head_dim), lambda i, b, h: (b, 0, h // group, 0)),
     ]
     args = [q, k, v]
     if has_segments:
         in_specs += [
-            pl.BlockSpec((None, bq), lambda b, h, i: (b, i)),
-            pl.BlockSpec((None, kv_len), lambda b, h, i: (b, 0)),
+            pl.BlockSpec((None, bq), lambda i, b, h: (b, n_q - 1 - i)),
+            pl.BlockSpec((None, kv_len), lambda i, b, h: (b, 0)),
         ]
         args += [q_ids, kv_ids]
     kernel = functools.partial(
@@ -156,11 +160,11 @@ def _forward(q, k, v, q_ids, kv_ids, cfg):
     )
     out, lse = pl.pallas_call(
         kernel,
-        grid=(batch, heads, q_len // bq),
+        grid=(n_q, batch, heads),
         in_specs=in_specs,
         out_specs=[
-            pl.BlockSpec((None, bq, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-            pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i)),
+            pl.BlockSpec((None, bq, None, head_dim), lambda i, b, h: (b, n_q - 1 - i, h, 0)),
+            pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, n_q - 1 - i)),
         ],
         out_shape=[
             jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -178,7 +182,7 @@ def _forward(q, k, v, q_ids, kv_ids, cfg):
 
 def _dq_kernel(*refs, cfg, bq, bkv, num_kv_blocks, has_segments):
     (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), qid_ref, kvid_ref, (dq_ref,) = _split_refs(refs, 6, has_segments)
-    q_start = pl.program_id(2) * bq
+    q_start = (pl.num_programs(0) - 1 - pl.program_id(0)) * bq  # reversed: see _forward
     q, do = q_ref[...], do_ref[...]  # [bq, hd]
     lse, delta = lse_ref[...], delta_ref[...]  # [bq]
     q_ids = qid_ref[...] if has_segments else None
@@ -207,7 +211,7 @@ def _dkv_kernel(*refs, cfg, bq, bkv, num_q_blocks, group, has_segments):
     (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref), qid_ref, kvid_ref, (dk_ref, dv_ref) = _split_refs(
         refs, 6, has_segments
     )
-    kv_start = pl.program_id(2) * bkv
+    kv_start = pl.program_id(0) * bkv
     k, v = k_ref[...], v_ref[...]  # [bkv, hd]
     kv_ids = kvid_ref[...] if has_segments else None
     c = cfg.scale * LOG2E
@@ -251,6 +255,7 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, cfg):
     kv_len, kv_heads = k.shape[1], k.shape[2]
     group = heads // kv_heads
     bq, bkv = cfg.bq_bwd, cfg.bkv_bwd
+    n_q = q_len // bq
     has_segments = q_ids is not None
     # delta_i = sum_d o_id * do_id = sum_j p_ij dp_ij: one fused elementwise pass in XLA.
     delta = jnp.einsum("bqhd,bqhd->bhq", out.astype(jnp.float32), d_out.astype(jnp.float32))  # [b, h, q_len]
@@ -258,25 +263,25 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, cfg):
 
     # dq: one program per (batch, head, query tile).
     in_specs = [
-        pl.BlockSpec((None, bq, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-        pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, i: (b, 0, h // group, 0)),
-        pl.BlockSpec((None, kv_len, None, head_dim), lambda b, h, i: (b, 0, h // group, 0)),
-        pl.BlockSpec((None, bq, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-        pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i)),
-        pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i)),
+        pl.BlockSpec((None, bq, None, head_dim), lambda i, b, h: (b, n_q - 1 - i, h, 0)),
+        pl.BlockSpec((None, kv_len, None, head_dim), lambda i, b, h: (b, 0, h // group, 0)),
+        pl.BlockSpec((None, kv_len, None, head_dim), lambda i, b, h: (b, 0, h // group, 0)),
+        pl.BlockSpec((None, bq, None, head_dim), lambda i, b, h: (b, n_q - 1 - i, h, 0)),
+        pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, n_q - 1 - i)),
+        pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, n_q - 1 - i)),
     ]
     args = [q, k, v, d_out, lse, delta]
     if has_segments:
         in_specs += [
-            pl.BlockSpec((None, bq), lambda b, h, i: (b, i)),
-            pl.BlockSpec((None, kv_len), lambda b, h, i: (b, 0)),
+            pl.BlockSpec((None, bq), lambda i, b, h: (b, n_q - 1 - i)),
+            pl.BlockSpec((None, kv_len), lambda i, b, h: (b, 0)),
         ]
         args += [q_ids, kv_ids]
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg, bq=bq, bkv=bkv, num_kv_blocks=kv_len // bkv, has_segments=has_segments),
-        grid=(batch, heads, q_len // bq),
+        grid=(n_q, batch, heads),
         in_specs=in_specs,
-        out_specs=pl.BlockSpec((None, bq, None, head_dim), lambda b, h, i: (b, i, h, 0)),
+        out_specs=pl.BlockSpec((None, bq, None, head_dim), lambda i, b, h: (b, n_q - 1 - i, h, 0)),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=params,
         interpret=cfg.interpret,
@@ -285,26 +290,26 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, cfg):
 
     # dk, dv: one program per (batch, kv head, key tile), looping over the group's query heads.
     in_specs = [
-        pl.BlockSpec((None, q_len, group, head_dim), lambda b, g, j: (b, 0, g, 0)),
-        pl.BlockSpec((None, bkv, None, head_dim), lambda b, g, j: (b, j, g, 0)),
-        pl.BlockSpec((None, bkv, None, head_dim), lambda b, g, j: (b, j, g, 0)),
-        pl.BlockSpec((None, q_len, group, head_dim), lambda b, g, j: (b, 0, g, 0)),
-        pl.BlockSpec((None, group, q_len), lambda b, g, j: (b, g, 0)),
-        pl.BlockSpec((None, group, q_len), lambda b, g, j: (b, g, 0)),
+        pl.BlockSpec((None, q_len, group, head_dim), lambda j, b, g: (b, 0, g, 0)),
+        pl.BlockSpec((None, bkv, None, head_dim), lambda j, b, g: (b, j, g, 0)),
+        pl.BlockSpec((None, bkv, None, head_dim), lambda j, b, g: (b, j, g, 0)),
+        pl.BlockSpec((None, q_len, group, head_dim), lambda j, b, g: (b, 0, g, 0)),
+        pl.BlockSpec((None, group, q_len), lambda j, b, g: (b, g, 0)),
+        pl.BlockSpec((None, group, q_len), lambda j, b, g: (b, g, 0)),
     ]
     args = [q, k, v, d_out, lse, delta]
     if has_segments:
         in_specs += [
-            pl.BlockSpec((None, q_len), lambda b, g, j: (b, 0)),
-            pl.BlockSpec((None, bkv), lambda b, g, j: (b, j)),
+            pl.BlockSpec((None, q_len), lambda j, b, g: (b, 0)),
+            pl.BlockSpec((None, bkv), lambda j, b, g: (b, j)),
         ]
         args += [q_ids, kv_ids]
-    kv_spec = pl.BlockSpec((None, bkv, None, head_dim), lambda b, g, j: (b, j, g, 0))
+    kv_spec = pl.BlockSpec((None, bkv, None, head_dim), lambda j, b, g: (b, j, g, 0))
     dk, dv = pl.pallas_call(
         functools.partial(
             _dkv_kernel, cfg=cfg, bq=bq, bkv=bkv, num_q_blocks=q_len // bq, group=group, has_segments=has_segments
         ),
-        grid=(batch, kv_heads, kv_len // bkv),
+        grid=(kv_len // bkv, batch, kv_heads),
         in_specs=in_specs,
         out_specs=[kv_spec, kv_spec],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
