@@ -1,5 +1,6 @@
 """Models assembled from research.layers."""
 
 from research.models.decoder import Block, DecoderLM, ModelConfig, init_params
+from research.models.encoder import EncoderConfig, EncoderModel
 
-__all__ = ["Block", "DecoderLM", "ModelConfig", "init_params"]
+__all__ = ["Block", "DecoderLM", "EncoderConfig", "EncoderModel", "ModelConfig", "init_params"]
