@@ -48,6 +48,8 @@ class Config:
     block_kv_bwd: int | None = None
     num_warps: int | None = None
     num_stages: int | None = None
+    num_warps_bwd: int | None = None
+    num_stages_bwd: int | None = None
 
     @property
     def bq_bwd(self):

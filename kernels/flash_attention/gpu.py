@@ -322,8 +322,10 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, cfg):
 
 def _compiler_params(cfg, head_dim, backward):
     """Triton launch parameters: the caller's, else the defaults in the module docstring."""
-    num_warps = cfg.num_warps or (8 if head_dim >= 128 and not backward else 4)
-    num_stages = cfg.num_stages or 2
+    if backward:
+        num_warps, num_stages = cfg.num_warps_bwd or 4, cfg.num_stages_bwd or 2
+    else:
+        num_warps, num_stages = cfg.num_warps or (8 if head_dim >= 128 else 4), cfg.num_stages or 2
     return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
 
@@ -343,6 +345,8 @@ def flash_attention(
     block_kv_bwd=64,
     num_warps=None,
     num_stages=None,
+    num_warps_bwd=None,
+    num_stages_bwd=None,
     interpret=False,
 ):
     """Exact attention with the Triton-lowered Pallas kernels; differentiable (custom VJP).
@@ -350,6 +354,8 @@ def flash_attention(
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
     segment_ids: [batch, len] or (q_ids, kv_ids), 0 = padding. Returns [batch, q_len, heads, head_dim].
     Blocks are shrunk to the sequence when longer; they must be powers of two that divide it.
+    num_warps/num_stages (forward) and num_warps_bwd/num_stages_bwd: Triton launch parameters
+    (None: the defaults in the module docstring).
     interpret=True runs the same kernels in Pallas interpret mode (any backend, e.g. CPU tests).
     """
     batch, q_len, _, kv_len, _, head_dim = check_inputs(q, k, v, supported_head_dims=HEAD_DIMS)
@@ -371,6 +377,8 @@ def flash_attention(
         interpret=bool(interpret),
         num_warps=num_warps,
         num_stages=num_stages,
+        num_warps_bwd=num_warps_bwd,
+        num_stages_bwd=num_stages_bwd,
         **blocks,
     )
     return _attend(q, k, v, q_ids, kv_ids, cfg)
