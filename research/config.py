@@ -49,9 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
             stride=64,  # strided: a query sees its own stride-long chunk and every stride-th key
             rank=64,  # linformer: keys/values projected to this many rows
             num_features=128,  # performer: random features
-            block_q=128,  # flash: query tile
-            block_kv=128,  # flash: key/value tile
-            interpret=False,  # flash: run the Pallas kernel in interpret mode (CPU tests)
+            block_q=128,  # flash: query tile; must divide seq_len (shrunk to it when longer)
+            block_kv=128,  # flash: key/value tile; must divide seq_len (also the CPU fallback's block_size)
+            interpret=False,  # flash: run the Pallas GPU kernel in interpret mode (slow; CPU tests)
         ),
         # Mixture of Experts (research.layers.moe): 0 experts = dense FFN in every block.
         moe_num_experts=0,
