@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from research.layers import MLP, Attention, make_norm, sinusoidal_embedding
+from research.layers.moe import MoE
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
 
@@ -32,6 +33,15 @@ class ModelConfig:
     use_bias: bool = False  # biases in attention projections and MLP (GPT-2, BERT)
     attention: str = "dense"  # a name in research.attention's registry
     attention_options: tuple = ()  # ((name, value), ...): config.model.attention_options, sorted
+    moe_num_experts: int = 0  # 0: dense FFN in every block (research.layers.moe)
+    moe_top_k: int = 2
+    moe_every: int = 2  # block i is MoE when (i + 1) % moe_every == 0
+    moe_mlp_dim: int = -1  # each expert's hidden width; -1: mlp_dim
+    moe_capacity_factor: float = 1.25
+    moe_dropless: bool = False
+    moe_renormalize: bool = True
+    moe_aux_weight: float = 0.01
+    moe_z_weight: float = 1e-3
     dtype: str = "float32"  # activations and matmuls
     param_dtype: str = "float32"
 
@@ -44,6 +54,11 @@ class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     config: ModelConfig
+    index: int = 0  # position in the stack: decides whether the FFN is a Mixture of Experts
+
+    def is_moe(self) -> bool:
+        c = self.config
+        return c.moe_num_experts > 0 and (self.index + 1) % c.moe_every == 0
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, decode: bool = False):
@@ -65,8 +80,24 @@ class Block(nn.Module):
         )(h, positions, segment_ids, decode=decode)
         x = nn.with_logical_constraint(x + h, ACT)
         h = make_norm(c.norm, name="mlp_norm", **norm)(x)
-        mlp = dict(kind=c.ffn, use_bias=c.use_bias, dtype=c.dtype, param_dtype=c.param_dtype)
-        h = MLP(c.d_model, c.mlp_dim, **mlp, name="mlp")(h)
+        if self.is_moe():
+            h = MoE(
+                num_experts=c.moe_num_experts,
+                top_k=c.moe_top_k,
+                hidden_dim=c.moe_mlp_dim if c.moe_mlp_dim > 0 else c.mlp_dim,
+                kind=c.ffn,
+                capacity_factor=c.moe_capacity_factor,
+                dropless=c.moe_dropless,
+                renormalize=c.moe_renormalize,
+                aux_weight=c.moe_aux_weight,
+                z_weight=c.moe_z_weight,
+                dtype=c.dtype,
+                param_dtype=c.param_dtype,
+                name="moe",
+            )(h, None if segment_ids is None else segment_ids != 0, decode=decode)
+        else:
+            mlp = dict(kind=c.ffn, use_bias=c.use_bias, dtype=c.dtype, param_dtype=c.param_dtype)
+            h = MLP(c.d_model, c.mlp_dim, **mlp, name="mlp")(h)
         return nn.with_logical_constraint(x + h, ACT)
 
 
@@ -105,7 +136,7 @@ class DecoderLM(nn.Module):
             x = x + sinusoidal_embedding(positions, c.d_model).astype(x.dtype)
         x = nn.with_logical_constraint(x, ACT)
         for i in range(c.num_layers):
-            x = Block(c, name=f"block_{i}")(x, positions, segment_ids, decode)
+            x = Block(c, index=i, name=f"block_{i}")(x, positions, segment_ids, decode)
         x = make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, name="final_norm")(x)
         if c.tie_embeddings:
             # Unit-variance embeddings make tied logits too large at init; scale by 1/sqrt(d).

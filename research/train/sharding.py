@@ -2,7 +2,11 @@
 
 Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism that also
 shards parameters and optimizer state), `tensor` (Megatron-style model
-parallelism over heads and the MLP hidden dimension).
+parallelism over heads and the MLP hidden dimension), `expert` (Mixture of
+Experts: expert weights [experts, ...] are split over it, and everywhere else it
+is one more data axis, so the batch is sharded over data x fsdp x expert and an
+MoE layer's dispatch turns batch-sharded tokens into expert-sharded buffers with
+an all-to-all).
 """
 
 import math
@@ -14,8 +18,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+MESH_AXES = ("data", "fsdp", "expert", "tensor")  # batch axes first: a process's rows on its own devices
+BATCH_AXES = ("data", "fsdp", "expert")
 
 # logical name -> mesh axis (or axes, or None = replicated).
 LOGICAL_RULES = (
@@ -32,12 +36,15 @@ LOGICAL_RULES = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("expert", "expert"),
+    ("activation_expert", "expert"),
+    ("activation_expert_group", ("data", "fsdp")),  # token groups, once experts hold the expert axis
 )
 
 
 def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
     """Resolves the one -1 axis, checking the product equals the device count."""
-    sizes = {a: int(mesh_config[a]) for a in MESH_AXES}
+    sizes = {a: int(mesh_config.get(a, 1)) for a in MESH_AXES}  # configs from before an axis existed: 1
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {free}")
