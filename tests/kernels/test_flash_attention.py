@@ -78,8 +78,8 @@ def _gpu(**kw):
     )
 
 
-def _tpu(**kw):
-    return lambda q, k, v, **a: tpu.flash_attention(q, k, v, block_q=32, block_kv=32, interpret=True, **a, **kw)
+def _tpu(block_q=32, block_kv=32):
+    return lambda q, k, v, **a: tpu.flash_attention(q, k, v, block_q=block_q, block_kv=block_kv, interpret=True, **a)
 
 
 # Each case compiles three interpret-mode kernels (~5 s on 2 busy cores), so the sweep covers the
@@ -95,7 +95,10 @@ TPU_CASES = {
     "mha-full": dict(heads=2, kv_heads=2, causal=False, segments=False, dtype=jnp.float32),
     "mqa-causal-segments": dict(heads=4, kv_heads=1, causal=True, segments=True, dtype=jnp.float32),
     "bf16-gqa2-causal-qshort": dict(heads=4, kv_heads=2, causal=True, q_len=32, dtype=jnp.bfloat16),
+    # Hardware-sized tiles (block_kv = 2 x 128 lanes): the lane-tiling path of the running max/sum.
+    "mqa-causal-256-wide-tiles": dict(heads=2, kv_heads=1, causal=True, q_len=256, kv_len=256, dtype=jnp.float32),
 }
+TPU_BLOCKS = {"mqa-causal-256-wide-tiles": dict(block_q=128, block_kv=256)}
 
 
 @pytest.mark.parametrize("case", list(GPU_CASES))
@@ -105,7 +108,7 @@ def test_gpu_kernel_matches_dense(case):
 
 @pytest.mark.parametrize("case", list(TPU_CASES))
 def test_tpu_kernel_matches_dense(case):
-    _check_against_dense(_tpu(), **TPU_CASES[case])
+    _check_against_dense(_tpu(**TPU_BLOCKS.get(case, {})), **TPU_CASES[case])
 
 
 def test_causal_skips_blocks_above_the_diagonal():
