@@ -84,8 +84,10 @@ def main(argv=None):
     print("== correctness", flush=True)
     results["correctness"] = check_correctness(sizes)
     print("== tuning", flush=True)
-    for hd in sizes["head_dims"]:
-        results["tuning"][str(hd)] = tune(sizes, hd) if not args.no_tune else dict(fwd={}, bwd={}, note="skipped")
+    for n, hd in enumerate(sizes["head_dims"], 1):
+        # Tuning may use up to a third of the budget, shared by the head dims, so timing gets the rest.
+        deadline = start + args.budget_s / 3 * n / len(sizes["head_dims"])
+        results["tuning"][str(hd)] = dict(fwd={}, bwd={}, note="skipped") if args.no_tune else tune(sizes, hd, deadline)
     print("== timing", flush=True)
     for hd in sizes["head_dims"]:
         params = {**results["tuning"][str(hd)].get("fwd", {}), **results["tuning"][str(hd)].get("bwd", {})}
@@ -99,12 +101,17 @@ def main(argv=None):
                         row.update(time_config(sizes, hd, seq, causal, impl, params))
                     results["timings"].append(row)
                     print("  " + json.dumps(row), flush=True)
+                    _save(results, args.out)  # a run killed from outside still leaves what it measured
     results["elapsed_s"] = round(time.perf_counter() - start, 1)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    _save(results, args.out)
     print(f"wrote {args.out} ({results['elapsed_s']} s)")
     print_summary(results)
     return 0
+
+
+def _save(results, path):
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
 
 
 def _sizes(args):
@@ -248,8 +255,11 @@ BWD_CANDIDATES = [  # (block_q_bwd, block_kv_bwd, num_warps_bwd, num_stages_bwd)
 ]
 
 
-def tune(sizes, hd):
-    """Fastest forward settings, then fastest backward settings with that forward, at seq tune_seq, non-causal."""
+def tune(sizes, hd, deadline=math.inf):
+    """Fastest forward settings, then fastest backward settings with that forward, at seq tune_seq, non-causal.
+
+    Candidates left when time.perf_counter() passes `deadline` are skipped.
+    """
     seq = sizes["tune_seq"]
     cands_f, cands_b = FWD_CANDIDATES, BWD_CANDIDATES
     if sizes["interpret"]:  # one candidate each: exercises the code path, cheaply
@@ -257,6 +267,8 @@ def tune(sizes, hd):
     best = dict(fwd={}, bwd={}, trials=[])
     best_t = math.inf
     for bq, bkv, w, s in cands_f:
+        if time.perf_counter() > deadline:
+            break
         p = dict(block_q=bq, block_kv=bkv, num_warps=w, num_stages=s)
         r = time_config(sizes, hd, seq, False, "pallas", p, modes=("fwd",))
         best["trials"].append(dict(p, **r))
@@ -264,6 +276,8 @@ def tune(sizes, hd):
             best_t, best["fwd"] = r["fwd_ms"], p
     best_t = math.inf
     for bq, bkv, w, s in cands_b:
+        if time.perf_counter() > deadline:
+            break
         p = dict(best["fwd"], block_q_bwd=bq, block_kv_bwd=bkv, num_warps_bwd=w, num_stages_bwd=s)
         r = time_config(sizes, hd, seq, False, "pallas", p, modes=("fwd_bwd",))
         best["trials"].append(dict(p, **r))
