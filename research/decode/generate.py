@@ -70,6 +70,31 @@ def _generate(
         return logits[:, -1], mutated["cache"]
 
     logits, cache = forward(cache, tokens, positions, segment_ids)  # prefill: the whole prompt at once
+    return sample_loop(
+        forward,
+        logits,
+        cache,
+        positions[:, -1],
+        rng,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_tokens=stop_tokens,
+        pad_id=pad_id,
+    )
+
+
+def sample_loop(
+    forward, logits, cache, position, rng, *, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id
+):
+    """The token-by-token loop after a prefill, shared by decoder-only and encoder-decoder generation.
+
+    forward(cache, tokens [b, 1], positions [b, 1], segment_ids [b, 1]) -> (logits [b, vocab], cache);
+    logits: the prefill's last-position logits; position: [b], the prefill's last position.
+    Returns the new tokens [b, max_new_tokens], pad_id after a row's stop token.
+    """
+    batch = logits.shape[0]
     stop = jnp.asarray(stop_tokens or (-1,), jnp.int32)
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     state = dict(
@@ -77,7 +102,7 @@ def _generate(
         logits=logits,
         cache=cache,
         out=out,
-        position=positions[:, -1],
+        position=position,
         done=jnp.zeros((batch,), bool),
         rng=rng,
     )

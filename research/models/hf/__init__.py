@@ -3,18 +3,19 @@
     model, params = load_pretrained("/path/to/gpt2")        # config.json + model.safetensors
     save_pretrained("/tmp/out", model, params)               # a folder transformers' from_pretrained reads
 
-Families (Hugging Face `model_type` -> our model): gpt2, llama -> DecoderLM; bert -> EncoderModel.
+Families (Hugging Face `model_type` -> our model): gpt2, llama -> DecoderLM; bert -> EncoderModel;
+t5 -> EncoderDecoder.
 `params` come back boxed (nn.Partitioned) with our logical axis names, like
 `init_params`, so research.train.sharding shards them as it shards a fresh init.
 """
 
 import jax
 
-from research.models.hf import bert, gpt2, llama
+from research.models.hf import bert, gpt2, llama, t5
 from research.models.hf.common import Tensors, assemble, flat_params
 from research.models.hf.io import read_config, read_safetensors, read_weights, write_checkpoint, write_safetensors
 
-FAMILIES = {m: module for module in (gpt2, llama, bert) for m in module.MODEL_TYPES}
+FAMILIES = {m: module for module in (gpt2, llama, bert, t5) for m in module.MODEL_TYPES}
 
 
 def family(name: str):
