@@ -21,8 +21,8 @@ Two ways to run the experts, same router, same result when nothing is dropped:
 Auxiliary losses (weighted, sown into "losses"): Switch load balancing
 E * sum_i f_i * P_i (f_i: fraction of assignments to expert i, P_i: mean router
 probability; 1 when balanced) and the router z-loss mean(logsumexp(logits)^2).
-Metrics sown into "metrics": per-expert load f [E], dropped fraction, unweighted
-aux and z losses. `reference_moe` is the slow per-token loop the tests compare to.
+Metrics sown into "metrics": per-expert load f [E], its imbalance E * max_i f_i,
+dropped fraction, unweighted aux and z losses. `reference_moe` is the slow per-token loop the tests compare to.
 """
 
 import math
@@ -202,6 +202,8 @@ class MoE(nn.Module):
         self.sow("losses", "moe_aux", self.aux_weight * aux)
         self.sow("losses", "moe_z", self.z_weight * z)
         self.sow("metrics", "moe_load", load)
+        # E * max_i load_i (1 = balanced, E = collapsed): per layer, so averaging over layers can't hide it.
+        self.sow("metrics", "moe_imbalance", self.num_experts * jnp.max(load))
         self.sow("metrics", "moe_dropped_fraction", dropped)
         self.sow("metrics", "moe_aux_loss", aux)
         self.sow("metrics", "moe_z_loss", z)
