@@ -16,7 +16,8 @@ Performance choices (H100, bf16):
 - Backward: a dq kernel (per query tile, over key tiles) and a dk/dv kernel
   (per key tile, over the group's query heads and query tiles) that both
   recompute p from the saved log-sum-exp, so there are no atomics and dk/dv
-  come out already summed over the GQA group. Smaller tiles (64 x 64 default):
+  come out already summed over the GQA group. The dk/dv kernel works keys-major
+  (s^T = k q^T) so no matmul operand needs a register transpose. Smaller tiles (64 x 64 default):
   the dk/dv kernel keeps two f32 accumulators plus K and V in registers.
 - Triton needs power-of-two tiles and head dims (16..256); anything else is a
   ValueError before tracing.
@@ -46,7 +47,6 @@ from kernels.flash_attention.common import (
 
 HEAD_DIMS = (16, 32, 64, 128, 256)
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
-_TN = (((0,), (0,)), ((), ()))  # a.T @ b
 
 
 def _dot(a, b, dims=None):
@@ -56,15 +56,19 @@ def _dot(a, b, dims=None):
     return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-def _visible(q_start, kv_start, bq, bkv, causal, q_ids, kv_ids):
-    """[bq, bkv] bool: which (query, key) pairs of this tile may attend."""
+def _visible(q_start, kv_start, bq, bkv, causal, q_ids, kv_ids, keys_major=False):
+    """Which (query, key) pairs of this tile may attend: [bq, bkv] bool, or [bkv, bq] if keys_major."""
+    shape, q_axis = ((bkv, bq), 1) if keys_major else ((bq, bkv), 0)
     ok = None
     if causal:
-        rows = q_start + lax.broadcasted_iota(jnp.int32, (bq, bkv), 0)
-        cols = kv_start + lax.broadcasted_iota(jnp.int32, (bq, bkv), 1)
-        ok = cols <= rows
+        q_pos = q_start + lax.broadcasted_iota(jnp.int32, shape, q_axis)
+        kv_pos = kv_start + lax.broadcasted_iota(jnp.int32, shape, 1 - q_axis)
+        ok = kv_pos <= q_pos
     if q_ids is not None:
-        same = (q_ids[:, None] == kv_ids[None, :]) & (kv_ids[None, :] != 0)
+        if keys_major:
+            same = (kv_ids[:, None] == q_ids[None, :]) & (kv_ids[:, None] != 0)
+        else:
+            same = (q_ids[:, None] == kv_ids[None, :]) & (kv_ids[None, :] != 0)
         ok = same if ok is None else ok & same
     return ok
 
@@ -223,13 +227,15 @@ def _dkv_kernel(*refs, cfg, bq, bkv, num_q_blocks, group, has_segments):
         do = do_ref[pl.ds(q_start, bq), head, :]
         lse = lse_ref[head, pl.ds(q_start, bq)]  # [bq]
         delta = delta_ref[head, pl.ds(q_start, bq)]
-        p = jnp.exp2(_dot(q, k, _NT) * c - lse[:, None])  # [bq, bkv]
+        # Keys-major tiles (s^T = k q^T): every matmul below is NN or NT, no register transposes of p or ds.
+        p_t = jnp.exp2(_dot(k, q, _NT) * c - lse[None, :])  # [bkv, bq]
         if masked:
             q_ids = qid_ref[pl.ds(q_start, bq)] if has_segments else None
-            p = jnp.where(_visible(q_start, kv_start, bq, bkv, cfg.causal, q_ids, kv_ids), p, 0.0)
-        dv = dv + _dot(p.astype(do.dtype), do, _TN)  # [bkv, hd]
-        ds = p * (_dot(do, v, _NT) - delta[:, None])
-        dk = dk + _dot(ds.astype(q.dtype), q, _TN)
+            ok = _visible(q_start, kv_start, bq, bkv, cfg.causal, q_ids, kv_ids, keys_major=True)
+            p_t = jnp.where(ok, p_t, 0.0)
+        dv = dv + _dot(p_t.astype(do.dtype), do)  # [bkv, hd]
+        ds_t = p_t * (_dot(v, do, _NT) - delta[None, :])  # [bkv, bq]
+        dk = dk + _dot(ds_t.astype(q.dtype), q)
         return dk, dv
 
     if cfg.causal:
