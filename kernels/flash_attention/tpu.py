@@ -14,7 +14,10 @@ Layout choices (Mosaic tiles vregs as 8 sublanes x 128 lanes):
 - Query segment ids are lane-replicated [b, q_len, 128], key segment ids
   sublane-replicated [b, 8, kv_len].
 - On hardware: block_q a multiple of 8, block_kv a multiple of 128 (it is the
-  lane axis of the logits tile), head_dim <= 128 or a multiple of 128.
+  lane axis of the logits tile), head_dim <= 128 or a multiple of 128. The
+  dk/dv kernel works keys-major (s^T = k q^T: all matmuls NN/NT, no transposes
+  of p or ds), so there the query tile is the lane axis: block_q_bwd a multiple
+  of 128; its per-query lse/delta/segment ids are sublane-replicated [8, q_len].
   128 x 128 tiles are the default; 512-wide key tiles amortise the per-step
   overhead better on v5e/v6e for long sequences.
 - Causal: key tiles above the diagonal are skipped (pl.when) and their index
@@ -44,7 +47,6 @@ from kernels.flash_attention.common import (
 
 LANES, SUBLANES = 128, 8
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
-_TN = (((0,), (0,)), ((), ()))  # a.T @ b
 
 
 # Index arithmetic below uses lax.div / lax.rem (non-negative operands): jnp's floor division
@@ -81,6 +83,21 @@ def _visible(q_start, kv_start, bq, bkv, causal, qid_ref, kvid_ref):
     return ok
 
 
+def _visible_keys_major(q_start, kv_start, bq, bkv, causal, kvid_ref, qid_ref):
+    """[bkv, bq] bool mask of a keys-major tile (the dk/dv kernel's s^T), or None when nothing is masked."""
+    ok = None
+    if causal:
+        kv_pos = kv_start + lax.broadcasted_iota(jnp.int32, (bkv, bq), 0)
+        q_pos = q_start + lax.broadcasted_iota(jnp.int32, (bkv, bq), 1)
+        ok = kv_pos <= q_pos
+    if kvid_ref is not None:
+        kv_ids = _lanes(kvid_ref[...], bq)  # [bkv, bq]
+        q_ids = qid_ref[:1, :]  # [1, bq]
+        same = (kv_ids == q_ids) & (kv_ids != 0)
+        ok = same if ok is None else ok & same
+    return ok
+
+
 def _run_tile(compute, causal, has_segments, q_start, kv_start, bq, bkv):
     """Calls compute(masked) for a (query tile, key tile) pair: skipped above the diagonal, masked only where needed."""
     if not causal:
@@ -111,6 +128,11 @@ def _segment_inputs(q_ids, kv_ids, bq, bkv, q_block, kv_block):
         pl.BlockSpec((None, SUBLANES, bkv), lambda b, h, i, j: (b, 0, kv_block(i, j))),
     ]
     return [q_ids, kv_ids], specs
+
+
+def _sublanes(x):
+    """[..., n] -> [..., 8, n]: per-query values as sublane-replicated rows (the keys-major dk/dv kernel)."""
+    return jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], SUBLANES, x.shape[-1]))
 
 
 def _params():
@@ -250,13 +272,16 @@ def _dkv_kernel(*refs, cfg, bq, bkv, num_q_blocks, num_steps, has_segments):
         dv_acc[...] = jnp.zeros(dv_acc.shape, jnp.float32)
 
     def compute(masked):
+        # Keys-major (s^T = k q^T, as the query-tile axis is the lane axis here): every matmul is NN or NT,
+        # so p and ds never need an XLU transpose.
         q, do = q_ref[...], do_ref[...]
-        p = jnp.exp2(_dot(q, k_ref[...], _NT) * (cfg.scale * LOG2E) - _lanes(lse_ref[...], bkv))  # [bq, bkv]
+        s_t = _dot(k_ref[...], q, _NT) * (cfg.scale * LOG2E)  # [bkv, bq]
+        p_t = jnp.exp2(s_t - lse_ref[:1, :])  # lse, delta: [8, bq] sublane-replicated rows
         if masked:
-            p = jnp.where(_visible(i * bq, j * bkv, bq, bkv, cfg.causal, qid_ref, kvid_ref), p, 0.0)
-        dv_acc[...] += _dot(p.astype(do.dtype), do, _TN)  # [bkv, hd]
-        ds = p * (_dot(do, v_ref[...], _NT) - _lanes(delta_ref[...], bkv))
-        dk_acc[...] += _dot(ds.astype(q.dtype), q, _TN)
+            p_t = jnp.where(_visible_keys_major(i * bq, j * bkv, bq, bkv, cfg.causal, kvid_ref, qid_ref), p_t, 0.0)
+        dv_acc[...] += _dot(p_t.astype(do.dtype), do)  # [bkv, hd]
+        ds_t = p_t * (_dot(v_ref[...], do, _NT) - delta_ref[:1, :])
+        dk_acc[...] += _dot(ds_t.astype(q.dtype), q)
 
     _run_tile(compute, cfg.causal, has_segments, i * bq, j * bkv, bq, bkv)
 
@@ -274,9 +299,11 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, cfg):
     bq, bkv = cfg.bq_bwd, cfg.bkv_bwd
     n_q, n_kv = q_len // bq, kv_len // bkv
     has_segments = q_ids is not None
-    delta = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1)  # [b, h, q_len]
-    delta = jnp.broadcast_to(delta[..., None], (*delta.shape, LANES))  # lane-replicated like lse
-    lse = jnp.broadcast_to(lse[..., None], (*lse.shape, LANES))
+    delta_rows = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1)  # [b, h, q_len]
+    lse_rows = lse
+    # The dq kernel is query-major: per-query values lane-replicated, [b, h, q_len, 128].
+    delta = jnp.broadcast_to(delta_rows[..., None], (*delta_rows.shape, LANES))
+    lse = jnp.broadcast_to(lse_rows[..., None], (*lse_rows.shape, LANES))
 
     # dq: grid (batch, head, query tile, key tile), key tiles innermost.
     def kv_block(i, j):
@@ -313,14 +340,16 @@ def _backward(q, k, v, q_ids, kv_ids, out, lse, d_out, cfg):
         return g * group + lax.div(t, n_q)
 
     row_spec = pl.BlockSpec((None, None, bq, head_dim), lambda b, g, j, t: (b, q_head(g, t), q_block(j, t), 0))
-    lane_spec = pl.BlockSpec((None, None, bq, LANES), lambda b, g, j, t: (b, q_head(g, t), q_block(j, t), 0))
+    sub_spec = pl.BlockSpec((None, None, SUBLANES, bq), lambda b, g, j, t: (b, q_head(g, t), 0, q_block(j, t)))
     kv_spec = pl.BlockSpec((None, None, bkv, head_dim), lambda b, g, j, t: (b, g, j, 0))
-    in_specs = [row_spec, kv_spec, kv_spec, row_spec, lane_spec, lane_spec]
-    args = [q, k, v, d_out, lse, delta]
-    if has_segments:
-        seg_args, seg_specs = _segment_inputs(q_ids, kv_ids, bq, bkv, lambda j, t: q_block(j, t), lambda j, t: j)
-        args += seg_args
-        in_specs += seg_specs
+    in_specs = [row_spec, kv_spec, kv_spec, row_spec, sub_spec, sub_spec]
+    args = [q, k, v, d_out, _sublanes(lse_rows), _sublanes(delta_rows)]
+    if has_segments:  # keys-major: key ids lane-replicated, query ids sublane-replicated
+        args += [_sublanes(q_ids), jnp.broadcast_to(kv_ids[:, :, None], (*kv_ids.shape, LANES))]
+        in_specs += [
+            pl.BlockSpec((None, SUBLANES, bq), lambda b, g, j, t: (b, 0, q_block(j, t))),
+            pl.BlockSpec((None, bkv, LANES), lambda b, g, j, t: (b, j, 0)),
+        ]
     num_steps = group * n_q
     dk, dv = pl.pallas_call(
         functools.partial(
@@ -357,8 +386,8 @@ def flash_attention(
     """Exact attention with the Mosaic (TPU) Pallas kernels; differentiable (custom VJP).
 
     Same arguments and result as kernels.flash_attention.gpu.flash_attention. Blocks are shrunk to the
-    sequence when longer and must divide it; on hardware block_q must be a multiple of 8 and block_kv of
-    128 (unless equal to the whole sequence). interpret=True runs the kernels in Pallas interpret mode.
+    sequence when longer and must divide it; on hardware block_q must be a multiple of 8 and block_kv and
+    block_q_bwd of 128 (unless equal to the whole sequence). interpret=True runs the kernels in Pallas interpret mode.
     """
     batch, q_len, _, kv_len, _, head_dim = check_inputs(q, k, v)
     if head_dim > LANES and head_dim % LANES:
@@ -368,7 +397,7 @@ def flash_attention(
     for name, block, length, what, multiple in (
         ("block_q", block_q, q_len, "q_len", SUBLANES),
         ("block_kv", block_kv, kv_len, "kv_len", LANES),
-        ("block_q_bwd", block_q_bwd or block_q, q_len, "q_len", SUBLANES),
+        ("block_q_bwd", block_q_bwd or block_q, q_len, "q_len", LANES),  # lane axis of the keys-major tiles
         ("block_kv_bwd", block_kv_bwd or block_kv, kv_len, "kv_len", LANES),
     ):
         b = fit_block(name, block, length, what)
