@@ -42,7 +42,7 @@ class Config:
     block_q: int
     block_kv: int
     scale: float
-    interpret: bool
+    interpret: object  # False, True, or a backend's interpreter parameters (pltpu.InterpretParams)
     # Backward tiles (defaults: the forward's). GPU only: Triton launch parameters.
     block_q_bwd: int | None = None
     block_kv_bwd: int | None = None

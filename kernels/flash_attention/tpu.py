@@ -387,7 +387,9 @@ def flash_attention(
 
     Same arguments and result as kernels.flash_attention.gpu.flash_attention. Blocks are shrunk to the
     sequence when longer and must divide it; on hardware block_q must be a multiple of 8 and block_kv and
-    block_q_bwd of 128 (unless equal to the whole sequence). interpret=True runs the kernels in Pallas interpret mode.
+    block_q_bwd of 128 (unless equal to the whole sequence). interpret=True runs the kernels in Pallas interpret
+    mode; interpret=pltpu.InterpretParams() in the TPU-semantics interpreter (slower; scratch starts as NaN,
+    out-of-bounds reads raise), which also checks the pipeline and scratch handling.
     """
     batch, q_len, _, kv_len, _, head_dim = check_inputs(q, k, v)
     if head_dim > LANES and head_dim % LANES:
@@ -406,7 +408,8 @@ def flash_attention(
         if interpret and b % LANES and b > LANES:
             raise ValueError(f"{name}={b}: must be below {LANES} or a multiple of it")
         blocks[name] = b
-    cfg = Config(causal=bool(causal), scale=head_dim**-0.5, interpret=bool(interpret), **blocks)
+    interpret = interpret if isinstance(interpret, pltpu.InterpretParams) else bool(interpret)
+    cfg = Config(causal=bool(causal), scale=head_dim**-0.5, interpret=interpret, **blocks)
     qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))  # [b, heads, len, hd]
     out = _attend(qh, kh, vh, q_ids, kv_ids, cfg)
     return out.transpose(0, 2, 1, 3)  # [b, q_len, heads, hd]

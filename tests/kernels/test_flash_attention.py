@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 
 from kernels.flash_attention import flash_attention as kernel_dispatch
 from kernels.flash_attention import gpu, tpu
@@ -78,8 +79,10 @@ def _gpu(**kw):
     )
 
 
-def _tpu(block_q=32, block_kv=32):
-    return lambda q, k, v, **a: tpu.flash_attention(q, k, v, block_q=block_q, block_kv=block_kv, interpret=True, **a)
+def _tpu(block_q=32, block_kv=32, interpret=True):
+    return lambda q, k, v, **a: tpu.flash_attention(
+        q, k, v, block_q=block_q, block_kv=block_kv, interpret=interpret, **a
+    )
 
 
 # Each case compiles three interpret-mode kernels (~5 s on 2 busy cores), so the sweep covers the
@@ -98,7 +101,12 @@ TPU_CASES = {
     # Hardware-sized tiles (block_kv = 2 x 128 lanes): the lane-tiling path of the running max/sum.
     "mqa-causal-256-wide-tiles": dict(heads=2, kv_heads=1, causal=True, q_len=256, kv_len=256, dtype=jnp.float32),
 }
-TPU_BLOCKS = {"mqa-causal-256-wide-tiles": dict(block_q=128, block_kv=256)}
+TPU_BLOCKS = {
+    "mqa-causal-256-wide-tiles": dict(block_q=128, block_kv=256),
+    # The TPU-semantics interpreter: scratch starts as NaN and out-of-bounds reads raise, so it also checks
+    # that each accumulator is initialised before use and that skipped/clamped tiles never leak in.
+    "mqa-causal-segments": dict(interpret=pltpu.InterpretParams()),
+}
 
 
 @pytest.mark.parametrize("case", list(GPU_CASES))
