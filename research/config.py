@@ -120,6 +120,23 @@ def default_config() -> ml_collections.ConfigDict:
         temperature=2.0,  # both distributions are softened by it; the KL term is scaled by T^2
         alpha=0.5,  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * hard-label cross-entropy
     )
+    # Instruction tuning (train.task='sft', research.train.tasks_sft) and how much of the model it trains.
+    c.sft = dict(
+        base_workdir="",  # the pretrained run fine-tuned (newest checkpoint); "" = a fresh random base
+        tasks="arithmetic,reverse,uppercase,sort,code",  # research.data.instructions kinds, comma-separated
+        num_train_examples=50_000,  # distinct training examples, cycled and reshuffled each epoch
+        eval_examples=100,  # held-out prompts whose greedy generation is checked by exact match
+        max_new_tokens=16,  # generation budget per eval prompt
+    )
+    c.peft = dict(
+        method="none",  # none (every parameter) | lora | prefix | adapter (research.peft)
+        rank=8,  # lora: r
+        alpha=16.0,  # lora: delta W = alpha / r * A @ B
+        dropout=0.0,  # lora: dropout on the branch's input features
+        target=r"attn/(query|key|value|out)$",  # lora: regex over parameter paths ('block_0/attn/query')
+        prefix_len=8,  # prefix: learned key/value rows per attention layer
+        adapter_dim=16,  # adapter: bottleneck width
+    )
     return c
 
 
@@ -243,6 +260,9 @@ def validate(config) -> None:
             raise ValueError(f"mesh.{axis} must be a positive size or -1, got {config.mesh[axis]}")
     check_moe_config(m, config.mesh)
     validate_compression(config)
+    from research.train.tasks_sft import validate_sft  # here: it imports this module
+
+    validate_sft(config)
 
 
 def model_config(config, vocab_size: int) -> ModelConfig:

@@ -30,7 +30,6 @@ token: the same regulariser in expectation, with correlated noise.
 
 from collections.abc import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,9 +81,9 @@ def init_lora(params, *, target: str, rank: int, rng, field: str = "peft.target"
         a = a.astype(dtype)
         b = jnp.zeros((rank, *shape[k:]), dtype)  # [r, *fan_out]
         names = logical_names(leaf)
-        if names is not None:
-            a = nn.Partitioned(a, names=(*names[:k], None))
-            b = nn.Partitioned(b, names=(None, *names[k:]))
+        if names is not None:  # same box type (logical or mesh axis names), the rank axis unsharded
+            a = leaf.replace(value=a, names=(*names[:k], None))
+            b = leaf.replace(value=b, names=(None, *names[k:]))
         out[path] = {"a": a, "b": b}
     return unflatten(out)
 

@@ -1,0 +1,232 @@
+"""Supervised fine-tuning on instructions ("sft"), with the whole model or a PEFT method trained.
+
+    python -m research.main --config experiments/lora_rank.py --workdir DIR \
+        --config.sft.base_workdir=PRETRAINED --config.peft.method=lora --config.peft.rank=8
+
+Data: research.data.instructions (prompt/response pairs rendered with the chat
+template, packed whole, loss on response tokens only). Evaluation adds exact
+match of greedy generations (research.decode) on held-out prompts, overall and
+per task kind.
+
+What is trained (config.peft.method):
+- "none": every parameter. The pretrained weights come in through the loop's
+  `train.init_from`, which must then name sft.base_workdir.
+- "lora" / "prefix" / "adapter": only the method's tree is the run's params
+  (optimizer state and checkpoints hold nothing else); the base is `frozen`,
+  read from sft.base_workdir's newest checkpoint at every start, resume
+  included. The base's config must describe the same model as this run's: any
+  difference is an error naming the field. The workdir's config.json keeps
+  the reference (sft.base_workdir) and resuming with another one is refused.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+
+from research.data import instructions
+from research.decode import generate
+from research.peft import lora as lora_lib
+from research.peft import model as peft_lib
+from research.tokenizers import load_tokenizer
+from research.train import checkpoint
+from research.train.sharding import logical_shardings, strip_boxes
+from research.train.step import apply_with_aux, next_token_targets
+from research.train.tasks import Task, register_task
+
+
+def validate_sft(config) -> None:
+    """Checks config.sft and config.peft (called by research.config.validate). Raises ValueError naming the key."""
+    spec = peft_lib.PeftSpec.from_config(config.peft)
+    s = config.sft
+    instructions.check_kinds(_kinds(s.tasks))
+    for key in ("num_train_examples", "eval_examples", "max_new_tokens"):
+        if s[key] < (0 if key == "eval_examples" else 1):
+            raise ValueError(f"sft.{key}={s[key]} must be positive")
+    if config.train.task != "sft":
+        return
+    if spec.method == "prefix" and config.model.attention != "dense":
+        raise ValueError(
+            f"peft.method='prefix' needs an attention variant that takes an explicit mask; "
+            f"model.attention={config.model.attention!r}, use 'dense'"
+        )
+    init_from = config.train.init_from
+    if spec.method == "none" and s.base_workdir and init_from != s.base_workdir:
+        raise ValueError(
+            f"peft.method='none' trains every parameter, loaded by train.init_from: set train.init_from="
+            f"{s.base_workdir!r} (sft.base_workdir), got {init_from!r}"
+        )
+    if spec.method != "none" and init_from:
+        raise ValueError(
+            f"peft.method={spec.method!r} keeps the base frozen, read from sft.base_workdir; "
+            f"train.init_from={init_from!r} must be empty"
+        )
+
+
+def _kinds(tasks: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in tasks.split(",") if k.strip())
+
+
+def check_base(config, tokenizer) -> None:
+    """Raises ValueError naming every model field where sft.base_workdir's run differs from this config."""
+    base = config.sft.base_workdir
+    path = epath.Path(base) / "config.json"
+    if not path.exists():
+        raise ValueError(f"sft.base_workdir={base!r} holds no run (no config.json)")
+    saved = json.loads(path.read_text())
+    diffs = [
+        f"model.{k}: base {saved['model'][k]!r}, this run {v!r}"
+        for k, v in config.model.to_dict().items()
+        if k in saved.get("model", {}) and saved["model"][k] != v
+    ]
+    for key in ("tokenizer", "vocab_size") if config.data.tokenizer != "byte" else ("tokenizer",):
+        if saved.get("data", {}).get(key) != config.data[key]:
+            diffs.append(f"data.{key}: base {saved.get('data', {}).get(key)!r}, this run {config.data[key]!r}")
+    if diffs:
+        raise ValueError(
+            f"sft.base_workdir={base!r} was trained with another model than this config describes; "
+            f"fine-tuning needs the same one. Differences: {'; '.join(diffs)}"
+        )
+    saved_tokenizer = epath.Path(base) / "tokenizer.json"
+    if saved_tokenizer.exists():
+        other = load_tokenizer(saved_tokenizer)
+        probe = "def f(x):\n    return x + 1  # ok"
+        if other.vocab_size != tokenizer.vocab_size or list(other.encode(probe)) != list(tokenizer.encode(probe)):
+            raise ValueError(f"sft.base_workdir={base!r} has another tokenizer than this run's")
+
+
+def sft_targets(batch):
+    """(targets, weights): next-token targets of the same example, weighted only where the target
+    is a response token or [EOS] (loss_mask of the target), never a prompt token."""
+    targets, weights = next_token_targets(batch)
+    return targets, weights * jnp.roll(batch["loss_mask"], -1, axis=1).astype(weights.dtype)
+
+
+@register_task("sft")
+class SFTTask(Task):
+    """Instruction tuning; see the module docstring."""
+
+    resume_must_match = ("peft", "sft.base_workdir", "sft.tasks", "sft.num_train_examples")
+
+    def __init__(self, config, tokenizer):
+        validate_sft(config)
+        self.spec = peft_lib.PeftSpec.from_config(config.peft)
+        super().__init__(config, tokenizer)
+        t = config.train
+        num_shards = jax.process_count() if config.data.num_shards == -1 else config.data.num_shards
+        self.data = instructions.InstructionSpec(
+            kinds=_kinds(config.sft.tasks),
+            num_train_examples=config.sft.num_train_examples,
+            seq_len=config.data.seq_len,
+            global_batch_size=t.batch_size,
+            num_shards=num_shards,
+            seed=t.seed,
+        )
+        if config.sft.base_workdir:
+            check_base(config, tokenizer)
+        jax.eval_shape(self.init_params, jax.random.key(0))  # a bad LoRA target or rank fails here, not in jit
+
+    # --- What to train. ---
+    def base_init(self, rng):
+        return self.model.init(rng, **self.init_inputs())["params"]
+
+    def init_params(self, rng):
+        if self.spec.method == "none":
+            return self.base_init(rng)
+        base = jax.eval_shape(self.base_init, jax.random.key(0))  # shapes and logical names only
+        return peft_lib.init_trainable(self.spec, self.model, base, self.init_inputs(), rng)
+
+    def frozen_params(self, mesh):
+        """The base: sft.base_workdir's newest params, or (no base) a fresh init from train.seed + 1."""
+        if self.spec.method == "none":
+            return None
+        boxed = jax.eval_shape(self.base_init, jax.random.key(0))
+        shardings = logical_shardings(boxed, mesh)
+        if self.config.sft.base_workdir:
+            abstract = jax.tree.map(
+                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(boxed), shardings
+            )
+            return checkpoint.latest_params(self.config.sft.base_workdir, abstract)
+        init = jax.jit(lambda r: strip_boxes(self.base_init(r)), out_shardings=shardings)
+        return init(jax.random.key(self.config.train.seed + 1))
+
+    # --- On what. ---
+    def train_iterator(self, process_index: int, process_count: int):
+        return instructions.make_train_iterator(
+            self.data, self.tokenizer, process_index=process_index, process_count=process_count
+        )
+
+    def eval_batches(self, process_index: int, process_count: int) -> list[dict]:
+        return instructions.make_eval_batches(
+            self.data,
+            self.tokenizer,
+            num_batches=self.config.train.eval_batches,
+            process_index=process_index,
+            process_count=process_count,
+            num_examples=max(self.config.sft.eval_examples, 1),
+        )
+
+    # --- Towards what. ---
+    def _token_losses(self, params, frozen, batch, rng):
+        variables = peft_lib.variables(self.spec, frozen, params, rng)
+        with peft_lib.context(self.spec):
+            logits, aux, metrics = apply_with_aux(
+                self.model.apply,
+                variables,
+                batch["tokens"],
+                positions=batch["positions"],
+                segment_ids=batch["segment_ids"],
+            )
+        targets, weights = sft_targets(batch)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets), weights, aux, metrics
+
+    def loss(self, params, frozen, batch, rng):
+        losses, weights, aux, metrics = self._token_losses(params, frozen, batch, rng)
+        count = jnp.sum(weights)
+        nll = jnp.sum(losses * weights)
+        sums = {k: v * count for k, v in metrics.items()}
+        if aux is None:
+            return nll, count, sums
+        sums.update(nll=nll, aux_loss=aux * count)
+        return nll + aux * count, count, sums
+
+    def eval_sums(self, params, frozen, batch) -> dict:
+        losses, weights, _, _ = self._token_losses(params, frozen, batch, None)
+        return {"loss_sum": jnp.sum(losses * weights), "count": jnp.sum(weights)}
+
+    def evaluate(self, params, frozen) -> dict:
+        """Exact match of greedy generations on sft.eval_examples held-out prompts, overall and per kind."""
+        n = self.config.sft.eval_examples
+        if n == 0:
+            return {}
+        examples = instructions.eval_examples(self.data, n)
+        outputs = self.generate(params, frozen, [e.prompt for e in examples])
+        hits = np.array([instructions.exact_match(e, o) for e, o in zip(examples, outputs, strict=True)])
+        out = {"exact_match": float(hits.mean())}
+        for kind in self.data.kinds:
+            mine = [h for h, e in zip(hits, examples, strict=True) if e.kind == kind]
+            if mine:
+                out[f"exact_match_{kind}"] = float(np.mean(mine))
+        return out
+
+    def generate(self, params, frozen, prompts: list[str]) -> list[str]:
+        """Greedy answers (text before [EOS]) to prompts, with the method in place (LoRA merged first)."""
+        tok = self.tokenizer
+        encoded = [instructions.prompt_tokens(tok, p).tolist() for p in prompts]
+        model, variables = self.model, params
+        if self.spec.method == "lora":
+            variables = jax.jit(lambda b, lo: lora_lib.merge(b, lo, alpha=self.spec.alpha))(frozen, params)
+        elif self.spec.method != "none":
+            model, variables = peft_lib.PeftModel(self.model, self.spec), {"base": frozen, "peft": params}
+        out = generate(
+            model,
+            variables,
+            encoded,
+            max_new_tokens=self.config.sft.max_new_tokens,
+            stop_tokens=(tok.eos_id,),
+            pad_id=tok.pad_id,
+        )
+        return [tok.decode([t for t in row if t != tok.eos_id]) for row in out]

@@ -1,0 +1,112 @@
+"""Instruction data: correct answers, disjoint splits, prompt-masked template, whole-example packing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.data import instructions as ins
+from research.models import DecoderLM, ModelConfig
+from research.tokenizers import ByteTokenizer
+
+TOK = ByteTokenizer()
+
+
+def _solve(example):
+    """An independent solver per kind (the code kind: the completed line must be a stdlib line)."""
+    body = example.prompt.split(": ", 1)[-1]
+    if example.kind == "arithmetic":
+        a, op, b = example.prompt.removeprefix("What is ").removesuffix("?").split()
+        return str(int(a) + int(b) if op == "+" else int(a) - int(b))
+    if example.kind == "reverse":
+        return "".join(reversed(body))
+    if example.kind == "uppercase":
+        return body.upper()
+    if example.kind == "sort":
+        return " ".join(sorted(body.split(), key=int))
+    assert body + example.response in ins.code_lines()
+    return example.response
+
+
+def test_examples_are_correct_deterministic_and_splits_disjoint():
+    prompts = {}
+    for split in ("train", "eval"):
+        examples = [ins.make_example(i, split=split, seed=3) for i in range(150)]
+        assert [e.kind for e in examples[:5]] == list(ins.KINDS)  # round-robin over kinds
+        for e in examples:
+            assert e.response == _solve(e), e
+            assert ins.split_of(e.prompt) == split
+        assert examples == [ins.make_example(i, split=split, seed=3) for i in range(150)]
+        prompts[split] = {e.prompt for e in examples}
+    assert not prompts["train"] & prompts["eval"]
+    assert ins.make_example(0, split="train", seed=4) != ins.make_example(0, split="train", seed=3)
+    with pytest.raises(ValueError, match=r"sft.tasks='sort,poetry' holds unknown kinds \['poetry'\]"):
+        ins.check_kinds(["sort", "poetry"])
+
+
+def test_template_masks_the_prompt():
+    example = ins.Example("reverse", "Reverse: abc", "cba")
+    r = ins.render(TOK, example)
+    head = ins.prompt_tokens(TOK, example.prompt)
+    assert head[0] == TOK.bos_id and head[-1] == TOK.sep_id
+    np.testing.assert_array_equal(r["tokens"][: len(head)], head)
+    assert not r["loss_mask"][: len(head)].any()  # [BOS] prompt [SEP]: never a target
+    assert TOK.decode(r["tokens"][r["loss_mask"] == 1], skip_special=False) == "cba[EOS]"
+
+
+def _spec(**kw):
+    args = dict(
+        kinds=("arithmetic", "reverse", "sort"), num_train_examples=500, seq_len=64, global_batch_size=4, num_shards=1
+    )
+    args.update(kw)
+    return ins.InstructionSpec(seed=0, **args)
+
+
+def _segments(row):
+    for s in range(1, row["segment_ids"].max() + 1):
+        yield {k: v[row["segment_ids"] == s] for k, v in row.items()}
+
+
+def test_packing_keeps_examples_whole_and_resumes():
+    it = ins.make_train_iterator(_spec(), TOK, process_index=0, process_count=1)
+    batches = [next(it) for _ in range(2)]
+    state = it.get_state()
+    later = [next(it) for _ in range(2)]
+    assert max(b["segment_ids"].max() for b in batches) >= 2  # short examples do get packed together
+    for batch in batches + later:
+        for i in range(len(batch["tokens"])):
+            row = {k: v[i] for k, v in batch.items()}
+            used = row["segment_ids"] > 0
+            assert used[: used.sum()].all() and not row["tokens"][~used].any()  # padding only at the end
+            for seg in _segments(row):
+                assert seg["tokens"][0] == TOK.bos_id and seg["tokens"][-1] == TOK.eos_id  # whole example
+                np.testing.assert_array_equal(seg["positions"], np.arange(len(seg["tokens"])))
+                start = list(seg["tokens"]).index(TOK.sep_id) + 1
+                np.testing.assert_array_equal(seg["loss_mask"], np.arange(len(seg["tokens"])) >= start)
+    resumed = ins.make_train_iterator(_spec(), TOK, process_index=0, process_count=1)
+    resumed.set_state(state)
+    for want in later:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    with pytest.raises(ValueError, match=r"more than data.seq_len=12"):
+        next(ins.make_train_iterator(_spec(seq_len=12), TOK, process_index=0, process_count=1))
+
+
+def test_packed_examples_never_attend_to_each_other():
+    """A packed row's logits, segment by segment, equal each example's logits alone."""
+    config = ModelConfig(vocab_size=TOK.vocab_size, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, max_len=64)
+    model = DecoderLM(config)
+    row = {k: v[:1] for k, v in next(ins.make_train_iterator(_spec(), TOK, process_index=0, process_count=1)).items()}
+    params = model.init(jax.random.key(0), jnp.asarray(row["tokens"]))["params"]
+    packed = model.apply(
+        {"params": params},
+        jnp.asarray(row["tokens"]),
+        positions=jnp.asarray(row["positions"]),
+        segment_ids=jnp.asarray(row["segment_ids"]),
+    )[0]
+    segments = list(_segments({k: v[0] for k, v in row.items()}))
+    assert len(segments) >= 2
+    for s, seg in enumerate(segments, start=1):
+        alone = model.apply({"params": params}, jnp.asarray(seg["tokens"])[None])[0]
+        np.testing.assert_allclose(np.asarray(packed[row["segment_ids"][0] == s]), np.asarray(alone), atol=1e-5)

@@ -1,0 +1,121 @@
+"""The "sft" task: prompt-masked loss vs a per-example reference, PEFT trains only its own tree,
+and an end-to-end LoRA run on a pretrained base (checkpoint holds only LoRA, base mismatch refused)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from research.config import default_config
+from research.peft.lora import count_trainable
+from research.tokenizers import ByteTokenizer
+from research.train.loop import train
+from research.train.sharding import make_mesh
+from research.train.state import create_train_state, make_optimizer
+from research.train.step import train_step
+from research.train.tasks_sft import SFTTask, check_base
+
+
+def _config(method="lora", devices=1, **peft):
+    c = default_config()
+    c.model.update(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64)
+    c.data.update(seq_len=64)
+    c.train.update(task="sft", steps=2, batch_size=2, eval_every=2, checkpoint_every=2, log_every=1, eval_batches=1)
+    c.sft.update(tasks="arithmetic,reverse,sort", eval_examples=4, max_new_tokens=4, num_train_examples=100)
+    c.peft.update(method=method, rank=2, prefix_len=2, adapter_dim=4, **peft)
+    c.mesh.update(data=devices)
+    c.train.batch_size = 2 * devices
+    return c
+
+
+def _setup(method):
+    config = _config(method)
+    task = SFTTask(config, ByteTokenizer())
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        tx = make_optimizer(config.optim, 10)
+        state, _ = create_train_state(task.model, tx, mesh, jax.random.key(0), init_fn=task.init_params)
+        frozen = task.frozen_params(mesh)
+    batch = jax.tree.map(jnp.asarray, next(task.train_iterator(0, 1)))
+    return task, state, frozen, batch
+
+
+def test_loss_mask_excludes_prompt_tokens():
+    """The task's loss = cross-entropy of response and [EOS] tokens only, each example run alone."""
+    task, state, frozen, batch = _setup("none")
+    loss_sum, count, _ = task.loss(state.params, frozen, batch, None)
+    # Every example alone in its own row, right-padded (causal: padding never reaches earlier logits).
+    rows, masks = [], []
+    for i in range(batch["tokens"].shape[0]):
+        for s in range(1, int(batch["segment_ids"][i].max()) + 1):
+            sel = np.asarray(batch["segment_ids"][i] == s)
+            rows.append(np.pad(np.asarray(batch["tokens"][i])[sel], (0, 64 - sel.sum())))
+            masks.append(np.pad(np.asarray(batch["loss_mask"][i])[sel], (0, 64 - sel.sum())))
+    rows, masks = np.stack(rows), np.stack(masks)
+    assert len(rows) > batch["tokens"].shape[0]  # packing put several examples in a row
+    assert not masks[:, 0].any()  # [BOS] is never a target
+    logits = jax.jit(task.model.apply)({"params": state.params}, jnp.asarray(rows))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], rows[:, 1:])
+    want_sum = float(jnp.sum(ce * masks[:, 1:]))  # the target at t+1 counts iff it is response or [EOS]
+    want_count = int(masks[:, 1:].sum())
+    assert float(count) == want_count == int(batch["loss_mask"].sum())
+    np.testing.assert_allclose(float(loss_sum), want_sum, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix", "adapter"])
+def test_only_peft_parameters_change(method):
+    task, state, frozen, batch = _setup(method)
+    before_base = jax.tree.map(np.array, frozen)
+    before = jax.tree.map(np.array, state.params)
+    base_count, trainable = count_trainable(frozen), count_trainable(state.params)
+    assert 0 < trainable < base_count / 4
+    # The optimizer holds moments of the trainable tree only (2 x its size, plus scalars).
+    assert count_trainable(state.opt_state) < 2 * trainable + 16
+    step = jax.jit(
+        lambda s, b, f: train_step(s, b, f, grad_accum_steps=1, learning_rate_fn=lambda _: 1e-2, loss_fn=task.loss)
+    )
+    for _ in range(2):
+        state, metrics = step(state, batch, frozen)
+    assert np.isfinite(float(metrics["loss"]))
+    for a, b in zip(jax.tree.leaves(before_base), jax.tree.leaves(frozen), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))  # the frozen base is untouched
+    changed = [
+        not np.array_equal(a, np.asarray(b))
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params), strict=True)
+    ]
+    assert any(changed)
+    if method == "lora":  # every B left zero
+        flat = jax.tree_util.tree_leaves_with_path(state.params)
+        assert all(np.abs(np.asarray(leaf)).max() > 0 for path, leaf in flat if path[-1].key == "b")
+
+
+def test_lora_run_on_a_pretrained_base(tmp_path, data_dir):
+    """Pretrain 2 steps, fine-tune with LoRA: the checkpoint holds LoRA only; another base config is refused."""
+    base = _config("none", devices=8)
+    base.train.task = "lm"
+    base.data.update(data_dir=data_dir)
+    train(base, tmp_path / "base")
+    config = _config("lora", devices=8)
+    config.data.update(data_dir=data_dir)
+    config.sft.base_workdir = str(tmp_path / "base")
+    out = train(config, tmp_path / "sft")
+    assert 0.0 <= out["exact_match"] <= 1.0 and "exact_match_sort" in out
+    saved = json.loads((tmp_path / "sft" / "config.json").read_text())
+    assert saved["sft"]["base_workdir"] == str(tmp_path / "base")
+    # The checkpoint's tree (orbax's metadata file): LoRA factors and their optimizer moments, no base weight.
+    keys = json.loads((tmp_path / "sft" / "checkpoints" / "2" / "state" / "_METADATA").read_text())["tree_metadata"]
+    params = [k for k in keys if k.startswith("('params'")]
+    assert params and all(k.endswith(("'a')", "'b')")) for k in params), params
+    assert all(k.endswith(("'a')", "'b')")) for k in keys if "'mu'" in k or "'nu'" in k)
+    other = _config("lora")
+    other.model.d_model = 64
+    other.sft.base_workdir = str(tmp_path / "base")
+    with pytest.raises(ValueError, match=r"model.d_model: base 32, this run 64"):
+        check_base(other, ByteTokenizer())
+    with pytest.raises(ValueError, match=r"peft.method='none' .* set train.init_from="):
+        bad = _config("none")
+        bad.sft.base_workdir = str(tmp_path / "base")
+        SFTTask(bad, ByteTokenizer())
