@@ -14,9 +14,11 @@ Two ways to run the experts, same router, same result when nothing is dropped:
 - Dropless (MegaBlocks-style): every (token, choice) pair is sorted by expert and
   the experts run as two grouped matmuls (`jax.lax.ragged_dot`) over the
   variable-size groups. No token is ever dropped and a token's output depends on
-  no other token. The sort is global, so under an `expert` mesh the partitioner
-  gathers what it needs: correct on any mesh, but communication-heavy; use it on
-  one device / data parallelism, or for decoding (which always takes it).
+  no other token; decoding always takes this path. Over an `expert` mesh axis it
+  runs in a shard_map: each device gathers its expert peers' rows, runs its own
+  E / ep experts, and reduce-scatters the partial outputs back (exact; moves
+  every token instead of only the routed ones, which an all-to-all of ragged
+  sizes would avoid).
 
 Auxiliary losses (weighted, sown into "losses"): Switch load balancing
 E * sum_i f_i * P_i (f_i: fraction of assignments to expert i, P_i: mean router
@@ -227,19 +229,47 @@ class MoE(nn.Module):
         return y, kept
 
     def _dropless(self, x, w, gates, experts, valid):
+        mesh = jax.sharding.get_abstract_mesh()
+        rows = nn.logical_to_mesh_axes(("activation_batch",))
+        ep = 1 if mesh.empty or "expert" not in mesh.axis_names else mesh.shape["expert"]
+        if ep == 1 or rows is None or "expert" not in jax.tree.leaves(tuple(rows)):
+            return self._grouped_ffn(x, w, gates, experts, valid, first_expert=0)
+
+        # Expert parallel: each device holds E / ep experts and its own rows. It gathers the rows of
+        # its `expert` peers, runs its experts on the (token, choice) pairs routed to them, and
+        # reduce-scatters the partial outputs back to the rows' owners. Exact, and nothing is
+        # dropped; it moves every token rather than only the routed ones (an all-to-all would need
+        # ragged sizes), so the capacity path remains the communication-efficient one.
+        def local(x, gates, experts, valid, w):
+            x, gates, experts, valid = (
+                jax.lax.all_gather(a, "expert", axis=0, tiled=True) for a in (x, gates, experts, valid)
+            )  # [rows * ep, ...]: the peers' rows, in axis_index order
+            first = jax.lax.axis_index("expert") * w["wo"].shape[0]
+            y = self._grouped_ffn(x, w, gates, experts, valid, first_expert=first)
+            return jax.lax.psum_scatter(y, "expert", scatter_dimension=0, tiled=True)
+
+        row_spec = jax.sharding.PartitionSpec(*rows)
+        weight_spec = jax.tree.map(lambda _: jax.sharding.PartitionSpec("expert"), w)
+        return jax.shard_map(local, mesh=mesh, in_specs=(row_spec,) * 4 + (weight_spec,), out_specs=row_spec)(
+            x, gates, experts, valid, w
+        )
+
+    def _grouped_ffn(self, x, w, gates, experts, valid, first_expert):
+        """Sum over choices of gate * expert(token), for the experts [first_expert, first_expert + len(w))."""
         b, s, d = x.shape
-        k, e = self.top_k, self.num_experts
-        ids = jnp.where(valid[..., None], experts, e).reshape(-1)  # [b*s*k]; padding -> E, sorted last
+        k, e = self.top_k, w["wo"].shape[0]
+        local = experts - first_expert  # [b, s, k]
+        mine = valid[..., None] & (local >= 0) & (local < e)
+        ids = jnp.where(mine, local, e).reshape(-1)  # [b*s*k]; not ours -> e, sorted last
         order = jnp.argsort(ids, stable=True)
         sorted_ids = ids[order]
-        group_sizes = jnp.sum(jax.nn.one_hot(ids, e, dtype=jnp.int32), axis=0)  # [E]; id E counts nowhere
+        group_sizes = jnp.sum(jax.nn.one_hot(ids, e, dtype=jnp.int32), axis=0)  # [e]; id e counts nowhere
         xs = x.reshape(b * s, d)[order // k]  # [b*s*k, d]: each assignment's token, grouped by expert
         h = self._activate(lambda n: jax.lax.ragged_dot(xs, w[n], group_sizes))  # [b*s*k, f]
         ys = jax.lax.ragged_dot(h, w["wo"], group_sizes)  # [b*s*k, d]
         ys = jnp.where((sorted_ids < e)[:, None], ys, 0)  # rows past the groups are unspecified
         ya = jnp.zeros_like(ys).at[order].set(ys).reshape(b, s, k, d)  # back to (token, choice) order
-        g = (gates * valid[..., None]).astype(ya.dtype)
-        return jnp.einsum("bskd,bsk->bsd", ya, g)
+        return jnp.einsum("bskd,bsk->bsd", ya, (gates * mine).astype(ya.dtype))
 
 
 # --- The slow reference: one token at a time, in numpy. ---
