@@ -137,6 +137,23 @@ def default_config() -> ml_collections.ConfigDict:
         prefix_len=8,  # prefix: learned key/value rows per attention layer
         adapter_dim=16,  # adapter: bottleneck width
     )
+    # Encoder / encoder-decoder models (research.models.encoder*) and their tasks (research.train.tasks_encoder).
+    c.encoder = dict(
+        post_norm=False,  # BERT's norm(x + f(x)) blocks and normed embeddings; False: pre-norm + final norm
+        pooling="cls",  # sentence embeddings: cls | mean (over non-padding tokens)
+        relative_buckets=32,  # model.position='relative' (T5 bias): buckets, half per direction in encoders
+        relative_max_distance=128,  # offsets at least this far apart share the last bucket
+    )
+    c.mlm = dict(
+        mask_rate=0.15,  # share of the real, non-special tokens that are targets
+        mask_token=0.8,  # of the targets: replaced by [MASK]
+        random_token=0.1,  # of the targets: replaced by a random token (the rest are kept)
+    )
+    c.classify = dict(
+        packages="asyncio,email,idlelib,tkinter,unittest,multiprocessing",  # stdlib packages = the classes
+        heldout_percent=20,  # files (by a hash of their path) whose snippets are eval examples
+        eval_examples=512,  # eval snippets (a fixed sample of the held-out files' chunks)
+    )
     return c
 
 

@@ -34,7 +34,7 @@ def test_quickstart_sizes_and_bad_size():
     [
         ("model", "d_model", 100, "model.num_heads=6 must divide model.d_model=100"),
         ("model", "num_kv_heads", 4, "model.num_heads=6 must be a multiple of model.num_kv_heads=4"),
-        ("model", "ffn", "relu", "model.ffn='relu'"),
+        ("model", "ffn", "tanh", "model.ffn='tanh'"),
         ("model", "position", "alibi", "model.position='alibi'"),
         ("model", "max_len", 128, "model.max_len=128 is shorter than data.seq_len=256"),
         ("train", "grad_accum_steps", 3, "train.grad_accum_steps=3 must divide train.batch_size=16"),

@@ -1,0 +1,62 @@
+"""The encoder tasks' pieces: BERT masking statistics, the package-classification rows, the model config."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.config import default_config
+from research.data import stdlib_packages
+from research.tokenizers.base import MASK_ID, NUM_SPECIAL
+from research.train.tasks_encoder import encoder_model_config, mlm_corrupt
+
+
+def test_mlm_corrupt_follows_bert_proportions():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(NUM_SPECIAL, 300, (64, 512)).astype(np.int32)
+    tokens[:, ::50] = 6  # [EOS]: special, never a target
+    segment_ids = np.ones_like(tokens)
+    segment_ids[:, 400:] = 0  # padding: never a target
+    inputs, weights = mlm_corrupt(
+        jax.random.key(0),
+        jnp.asarray(tokens),
+        jnp.asarray(segment_ids),
+        rate=0.15,
+        mask_token=0.8,
+        random_token=0.1,
+        mask_id=MASK_ID,
+        vocab_size=300,
+    )
+    inputs, targets = np.asarray(inputs), np.asarray(weights).astype(bool)
+    eligible = (segment_ids == 1) & (tokens >= NUM_SPECIAL)
+    assert not targets[~eligible].any() and (inputs[~targets] == tokens[~targets]).all()
+    # ~26k eligible tokens: binomial standard deviations are ~0.002 (rate) and ~0.006 (shares); 4 sigma margins.
+    assert abs(targets.sum() / eligible.sum() - 0.15) < 0.01
+    t_in, t_orig = inputs[targets], tokens[targets]
+    masked = t_in == MASK_ID
+    kept = t_in == t_orig
+    assert abs(masked.mean() - 0.8) < 0.025
+    assert abs(kept.mean() - 0.1 - 0.1 / 293) < 0.025  # a random replacement draws the original 1/293 of the time
+    assert abs((~masked & ~kept).mean() - 0.1) < 0.025
+    assert ((t_in[~masked] >= NUM_SPECIAL) & (t_in[~masked] < 300)).all()
+
+
+def test_classification_rows_and_split():
+    row = stdlib_packages.render((np.array([9, 8, 7]), 2), seq_len=6, cls_id=2)
+    np.testing.assert_array_equal(row["tokens"], [2, 9, 8, 7, 0, 0])
+    np.testing.assert_array_equal(row["segment_ids"], [1, 1, 1, 1, 0, 0])
+    assert row["label"].tolist() == [2]
+    paths = [f"email/mod_{i}.py" for i in range(400)]
+    held = [p for p in paths if stdlib_packages.is_heldout(p, 20)]
+    assert held == [p for p in paths if stdlib_packages.is_heldout(p, 20)]  # a function of the path alone
+    assert 0.12 < len(held) / len(paths) < 0.28
+    examples = [(np.arange(3) + i, i % 3) for i in range(10)]
+    assert stdlib_packages.majority_fraction(examples, examples) == 0.4
+
+
+def test_encoder_model_config_reads_the_encoder_section():
+    c = default_config()
+    c.model.update(position="relative", num_layers=2, d_model=32, num_heads=4, num_kv_heads=4)
+    c.encoder.update(post_norm=True, pooling="mean", relative_buckets=16)
+    m = encoder_model_config(c, vocab_size=300)
+    assert (m.post_norm, m.pooling, m.relative_buckets, m.num_layers, m.vocab_size) == (True, "mean", 16, 2, 300)
+    assert m.num_labels == len(c.classify.packages.split(","))
