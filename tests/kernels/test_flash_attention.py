@@ -247,3 +247,18 @@ def test_flash_under_a_mesh_runs_per_device_shard():
     ref = _value_and_grads(lambda q, k, v: dense_attention(q, k, v, causal=True, segment_ids=seg), q, k, v, ct, valid)
     for a, r in zip([got[0], *got[1]], [ref[0], *ref[1]], strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=2e-5, rtol=2e-5)
+
+
+def test_kernels_package_imports_only_jax():
+    """kernels/ sits below research/: it must never import flax or research (checked on the source text)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "kernels"
+    offending = [
+        f"{path.relative_to(root.parent)}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        for line in path.read_text().splitlines()
+        if re.match(r"\s*(from|import)\s+(flax|research)\b", line)
+    ]
+    assert sorted(root.rglob("*.py")) and offending == []
