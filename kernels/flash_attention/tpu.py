@@ -8,9 +8,10 @@ state lives in VMEM scratch across those grid steps.
 Layout choices (Mosaic tiles vregs as 8 sublanes x 128 lanes):
 - q/k/v are transposed to [batch, heads, len, head_dim] so each tile is a
   dense 2-D [rows, head_dim] slab.
-- The running max / sum and the saved log-sum-exp are kept lane-replicated,
-  [rows, 128], so broadcasting them against a [rows, block_kv] tile is a lane
-  tile copy, not a relayout.
+- The running max / sum and the log-sum-exp the forward writes are kept
+  lane-replicated, [rows, 128], so broadcasting them against a [rows, block_kv]
+  tile is a lane tile copy, not a relayout (one lane of the log-sum-exp is kept
+  as the residual and re-broadcast for the backward).
 - Query segment ids are lane-replicated [b, q_len, 128], key segment ids
   sublane-replicated [b, 8, kv_len].
 - On hardware: block_q a multiple of 8, block_kv a multiple of 128 (it is the
@@ -18,8 +19,8 @@ Layout choices (Mosaic tiles vregs as 8 sublanes x 128 lanes):
   dk/dv kernel works keys-major (s^T = k q^T: all matmuls NN/NT, no transposes
   of p or ds), so there the query tile is the lane axis: block_q_bwd a multiple
   of 128; its per-query lse/delta/segment ids are sublane-replicated [8, q_len].
-  128 x 128 tiles are the default; 512-wide key tiles amortise the per-step
-  overhead better on v5e/v6e for long sequences.
+  128 x 128 tiles are the default; wider key tiles (256-512) mean fewer grid
+  steps and are worth trying for long sequences (not measured: no TPU here).
 - Causal: key tiles above the diagonal are skipped (pl.when) and their index
   map is clamped to the last visible tile, so the pipeline issues no copy for
   them; only diagonal tiles pay for the mask.
