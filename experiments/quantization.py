@@ -86,8 +86,25 @@ def quantized_tree(params, label):
     return quantize_params(params, fmt, exclude="embed", **options)
 
 
-def measure_formats(model, params, eval_batches, tokenizer, new_tokens):
-    """One row per format: stored bytes, validation loss/perplexity, generation tokens/s."""
+def weight_error(params, tree):
+    """||W - dequant(Q)|| / ||W|| over the matrices the formats quantize (rank >= 2, not the embedding)."""
+    import jax
+    import jax.numpy as jnp
+
+    from research.quant import dequantize_params
+    from research.quant.transform import path_str
+
+    restored = dequantize_params(tree)
+    err = norm = 0.0
+    for (path, w), w_hat in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(restored), strict=True):
+        if w.ndim >= 2 and "embed" not in path_str(path):
+            err += float(jnp.sum((w - w_hat.astype(jnp.float32)) ** 2))
+            norm += float(jnp.sum(w**2))
+    return (err / norm) ** 0.5
+
+
+def measure_formats(model, params, eval_batches, tokenizer, new_tokens, rounds=5):
+    """One row per format: stored bytes, weight error, validation loss/perplexity, generation tokens/s."""
     import jax
     import numpy as np
 
@@ -98,31 +115,35 @@ def measure_formats(model, params, eval_batches, tokenizer, new_tokens):
     qmodel = quantized_model(model)
     eval_fn = jax.jit(lambda p, b: lm_loss_sums(p, qmodel.apply, b))
     prompts = [list(row[:16]) for row in eval_batches[0]["tokens"][:8]]  # 8 prompts of 16 held-out tokens
+    args = dict(max_new_tokens=new_tokens, pad_id=tokenizer.pad_id)
+    trees = {label: quantized_tree(params, label) for label in FORMATS}
     rows = []
-    for label in FORMATS:
-        tree = quantized_tree(params, label)
+    for label, tree in trees.items():
         total = count = 0.0
         for batch in eval_batches:
             s, c = eval_fn(tree, batch)
             total, count = total + float(s), count + float(c)
-        args = dict(max_new_tokens=new_tokens, pad_id=tokenizer.pad_id)
-        jax.block_until_ready(generate(qmodel, tree, prompts, **args))  # compile
-        seconds = []  # best of 3: the machine is shared, the minimum is the least disturbed run
-        for _ in range(3):
-            start = time.perf_counter()
-            generate(qmodel, tree, prompts, **args)  # returns Python lists: synchronous
-            seconds.append(time.perf_counter() - start)
-        loss = total / count
+        generate(qmodel, tree, prompts, **args)  # compile
         rows.append(
             dict(
                 format=label,
                 weight_bytes=param_bytes(tree),
-                eval_loss=loss,
-                eval_perplexity=float(np.exp(loss)),
-                generate_tokens_per_sec=len(prompts) * new_tokens / min(seconds),
+                weight_rel_error=weight_error(params, tree),
+                eval_loss=total / count,
+                eval_perplexity=float(np.exp(total / count)),
             )
         )
-        print(rows[-1], flush=True)
+    # Generation timed round-robin over the formats, best of `rounds` each: the machine is
+    # shared, so every format sees the same spread of disturbance and the minimum is the cleanest.
+    seconds = {label: [] for label in trees}
+    for _ in range(rounds):
+        for label, tree in trees.items():
+            start = time.perf_counter()
+            generate(qmodel, tree, prompts, **args)  # returns Python lists: synchronous
+            seconds[label].append(time.perf_counter() - start)
+    for row in rows:
+        row["generate_tokens_per_sec"] = len(prompts) * new_tokens / min(seconds[row["format"]])
+        print(row, flush=True)
     return rows
 
 
@@ -187,8 +208,8 @@ def run(workdir, arg=None, base_workdir=None):
         base_workdir = workdir / "base"
         train(get_config(arg), base_workdir)  # resumes, or does nothing when finished
     model, params, tokenizer, config = load_model(base_workdir)
-    task = Task(config, tokenizer)
-    eval_batches = task.eval_batches(0, 1)
+    config.train.eval_batches = 16  # 16 x batch x seq_len held-out tokens, the same for every format
+    eval_batches = Task(config, tokenizer).eval_batches(0, 1)
     rows = measure_formats(model, params, eval_batches, tokenizer, new_tokens)
 
     # QLoRA vs LoRA: the same factors' init, the same fine-tuning batches (another seed's
@@ -211,12 +232,14 @@ def run(workdir, arg=None, base_workdir=None):
 def write_results(workdir, rows, finetunes, finetune_steps, new_tokens):
     f32 = rows[0]["weight_bytes"]
     lines = [
-        f"| weights | stored MB | vs float32 | val loss | val perplexity | generate tokens/s (8 x {new_tokens}) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| weights | stored MB | vs float32 | weight rel. error | val loss | val perplexity | "
+        f"generate tokens/s (8 x {new_tokens}) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['format']} | {r['weight_bytes'] / 1e6:.3f} | {r['weight_bytes'] / f32:.2f}x | {r['eval_loss']:.4f} | "
-        f"{r['eval_perplexity']:.3f} | {r['generate_tokens_per_sec']:,.0f} |"
+        f"| {r['format']} | {r['weight_bytes'] / 1e6:.3f} | {r['weight_bytes'] / f32:.2f}x | "
+        f"{r['weight_rel_error']:.4f} | {r['eval_loss']:.4f} | {r['eval_perplexity']:.3f} | "
+        f"{r['generate_tokens_per_sec']:,.0f} |"
         for r in rows
     ]
     lines += [
