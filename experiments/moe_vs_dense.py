@@ -15,7 +15,9 @@ The runs, all on the same batches for the same steps:
 
 Writes results.md / results.json (final validation loss, tokens/s, parameters,
 load balance) and moe_vs_dense.png (validation loss vs step, load imbalance over
-training). Arguments: `scale=tiny|full` (tiny: ~10 minutes on 2 CPU cores;
+training). Tokens/s is also re-measured with every model's train step taking
+turns in one process: the runs trained at different times on a shared machine.
+Arguments: `scale=tiny|full` (tiny: ~10 minutes on 2 CPU cores;
 full: for an accelerator), `steps=N` overrides the step count.
 """
 
@@ -125,23 +127,85 @@ def analyze(workdir, runs, arg=None):
                 "aux_loss": train[-1].get("moe_aux_loss"),
             }
         )
+    speeds = _interleaved_tokens_per_sec([r["workdir"] for r in runs])
+    for r, speed in zip(rows, speeds, strict=True):
+        r["interleaved_tokens_per_sec"] = speed
     (workdir / "results.json").write_text(json.dumps(rows, indent=1))
-    dense_speed = rows[0]["tokens_per_sec"]
+    dense_speed = rows[0]["interleaved_tokens_per_sec"]
     lines = [
-        "| run | total params | active params | val loss | tokens/s (vs dense) | load imbalance E·max f "
-        "| dropped | aux loss |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | total params | active params | val loss | tokens/s in training | tokens/s interleaved "
+        "(vs dense) | load imbalance E·max f | dropped | aux loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         moe = r["final_load"] is not None
+        speed = r["interleaved_tokens_per_sec"]
         lines.append(
             f"| {r['run']} | {r['total_params'] / 1e6:.2f}M | {r['active_params'] / 1e6:.2f}M | "
-            f"{r['eval_loss']:.3f} | {r['tokens_per_sec']:,.0f} ({r['tokens_per_sec'] / dense_speed:.2f}x) | "
+            f"{r['eval_loss']:.3f} | {r['tokens_per_sec']:,.0f} | {speed:,.0f} ({speed / dense_speed:.2f}x) | "
             + (f"{r['imbalance']:.2f} | {r['dropped_fraction']:.1%} | {r['aux_loss']:.3f} |" if moe else "– | – | – |")
         )
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(rows, workdir / "moe_vs_dense.png")
+
+
+def _interleaved_tokens_per_sec(run_dirs, rounds: int = 5, steps: int = 3) -> list[float]:
+    """Each run's train step on one random batch, timed in turns within one process.
+
+    The runs trained one after another on a shared, noisy machine; taking turns
+    here exposes every model to the same load, so the ratios are comparable.
+    """
+    import functools
+    import time
+
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from ml_collections import ConfigDict
+
+    from research.config import model_config
+    from research.models import DecoderLM
+    from research.tokenizers import load_tokenizer
+    from research.train.sharding import LOGICAL_RULES, batch_sharding, make_mesh
+    from research.train.state import create_train_state, learning_rate_schedule, make_optimizer
+    from research.train.step import train_step
+
+    mesh = make_mesh(dict(data=-1))
+    jobs = []
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        for run_dir in run_dirs:
+            config = ConfigDict(json.loads((run_dir / "config.json").read_text()))
+            vocab = load_tokenizer(run_dir / "tokenizer.json").vocab_size
+            model = DecoderLM(model_config(config, vocab))
+            tx = make_optimizer(config.optim, 1000)
+            state, shardings = create_train_state(model, tx, mesh, jax.random.key(0))
+            lr = learning_rate_schedule(config.optim, 1000)
+            step = jax.jit(
+                functools.partial(train_step, grad_accum_steps=1, learning_rate_fn=lr),
+                in_shardings=(shardings, batch_sharding(mesh)),
+                donate_argnums=0,
+            )
+            shape = (config.train.batch_size, config.data.seq_len)
+            tokens = jax.random.randint(jax.random.key(1), shape, 3, vocab)
+            batch = {
+                "tokens": tokens,
+                "segment_ids": jnp.ones_like(tokens),
+                "positions": jnp.broadcast_to(jnp.arange(shape[1]), shape),
+            }
+            state, metrics = step(state, batch)  # compiles
+            jax.block_until_ready(metrics)
+            jobs.append([step, state, batch, 0.0])
+        for _ in range(rounds):
+            for job in jobs:
+                step, state, batch, _ = job
+                start = time.perf_counter()
+                for _ in range(steps):
+                    state, metrics = step(state, batch)
+                jax.block_until_ready(metrics)
+                job[1] = state
+                job[3] += time.perf_counter() - start
+    return [rounds * steps * int(job[2]["tokens"].size) / job[3] for job in jobs]
 
 
 def _plot(rows, path):
