@@ -154,6 +154,18 @@ def default_config() -> ml_collections.ConfigDict:
         heldout_percent=20,  # files (by a hash of their path) whose snippets are eval examples
         eval_examples=512,  # eval snippets (a fixed sample of the held-out files' chunks)
     )
+    # Encoder-decoder tasks (research.train.tasks_seq2seq): T5 span corruption, then generated seq2seq pairs.
+    c.seq2seq = dict(
+        noise_density=0.15,  # span_corruption: share of each row's tokens hidden
+        mean_span_length=3.0,  # span_corruption: mean length of a hidden span
+        num_sentinels=32,  # ids appended after the tokenizer's vocabulary, one per hidden span of a row
+        tasks="reverse,uppercase,sort,arithmetic",  # seq2seq: research.data.instructions kinds, comma-separated
+        num_train_examples=50_000,  # seq2seq: distinct training pairs, reshuffled each epoch
+        input_len=64,  # seq2seq: encoder tokens per example (longer prompts are an error)
+        target_len=16,  # seq2seq: answer tokens + [EOS] per example
+        eval_examples=200,  # seq2seq: held-out prompts checked by exact match of greedy generations
+        max_new_tokens=16,  # seq2seq: generation budget per eval prompt
+    )
     return c
 
 

@@ -60,3 +60,28 @@ def test_encoder_model_config_reads_the_encoder_section():
     m = encoder_model_config(c, vocab_size=300)
     assert (m.post_norm, m.pooling, m.relative_buckets, m.num_layers, m.vocab_size) == (True, "mean", 16, 2, 300)
     assert m.num_labels == len(c.classify.packages.split(","))
+
+
+def test_span_corruption_hides_spans_behind_sentinels_and_round_trips():
+    from research.train.tasks_seq2seq import seq2seq_batch, span_corrupt
+
+    tokens = np.arange(10, 110, dtype=np.int32)  # 100 distinct regular tokens
+    inputs, targets = span_corrupt(
+        tokens, np.random.default_rng(0), noise_density=0.15, mean_span_length=3.0, sentinel_start=500, eos_id=6
+    )
+    sentinels = [t for t in inputs if t >= 500]
+    assert sentinels == [t for t in targets if t >= 500] == list(range(500, 505))  # round(15 / 3) spans, in order
+    assert targets[-1] == 6 and len(targets) == 15 + 5 + 1
+    # Filling each sentinel of the inputs with the tokens it precedes in the targets restores the row.
+    hidden, current = {}, None
+    for t in targets[:-1]:
+        if t >= 500:
+            current = int(t)
+            hidden[current] = []
+        else:
+            hidden[current].append(int(t))
+    restored = [x for t in inputs for x in (hidden[int(t)] if t >= 500 else [int(t)])]
+    assert restored == tokens.tolist()
+    batch = seq2seq_batch([(inputs, targets)], input_len=96, target_len=24)
+    assert batch["inputs"].shape == (1, 96) and batch["input_segment_ids"].sum() == len(inputs)
+    assert batch["targets"].shape == (1, 24) and batch["target_segment_ids"].sum() == len(targets)
