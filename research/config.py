@@ -11,6 +11,7 @@ import os
 import ml_collections
 
 from research.attention import list_attention
+from research.attention.sparse import check_attention_options
 from research.layers.mlp import FFNS
 from research.layers.moe import check_config as check_moe_config
 from research.layers.norms import NORMS
@@ -43,12 +44,12 @@ def default_config() -> ml_collections.ConfigDict:
         attention="dense",  # a name in research.attention's registry
         # Every variant's knobs; a variant reads only those it declares (research.attention.registry).
         attention_options=dict(
-            block_size=128,  # blockwise / block-sparse: keys per block
+            block_size=128,  # blockwise, block_sparse: tokens per block; performer: causal chunk length
             window=128,  # sliding: each query sees this many most recent keys, itself included
-            num_global=1,  # block-sparse: leading blocks every query sees and that see everything
-            stride=64,  # strided: a query sees its own stride-long chunk and every stride-th key
-            rank=64,  # linformer: keys/values projected to this many rows
-            num_features=128,  # performer: random features
+            num_global=1,  # block_sparse: leading blocks every query sees and that see everything
+            stride=64,  # strided: a query sees its own stride-long chunk and the last key of every chunk
+            rank=64,  # linformer (non-causal): keys/values mean-pooled to this many rows
+            num_features=128,  # performer: positive orthogonal random features
             block_q=128,  # flash: query tile; must divide seq_len (shrunk to it when longer)
             block_kv=128,  # flash: key/value tile; must divide seq_len (also the CPU fallback's block_size)
             interpret=False,  # flash: run the Pallas GPU kernel in interpret mode (slow; CPU tests)
@@ -276,6 +277,7 @@ def validate(config) -> None:
     _choice("model.norm", m.norm, NORMS)
     _choice("model.position", m.position, POSITIONS)
     _choice("model.attention", m.attention, list_attention())
+    check_attention_options(m.attention, m.attention_options, d.seq_len)
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("model.param_dtype", m.param_dtype, DTYPES)
     _choice("data.tokenizer", d.tokenizer, TOKENIZER_KINDS)

@@ -17,17 +17,30 @@ Pallas TPU, interpret): a registry name is one (variant, implementation) pair
 and modules only ever hold the name.
 """
 
+from research.attention.blockwise import blockwise_attention  # registers "blockwise"
 from research.attention.dense import cached_attention, dense_attention, make_attention_mask
 from research.attention.flash import flash_attention  # registers "flash"
+from research.attention.lowrank import linformer_attention, performer_attention  # registers both
 from research.attention.registry import attention_options, get_attention, list_attention, register_attention
+from research.attention.sparse import (  # registers "sliding", "block_sparse", "strided"
+    block_sparse_attention,
+    sliding_attention,
+    strided_attention,
+)
 
 __all__ = [
     "attention_options",
+    "block_sparse_attention",
+    "blockwise_attention",
     "cached_attention",
     "dense_attention",
     "flash_attention",
     "get_attention",
+    "linformer_attention",
     "list_attention",
     "make_attention_mask",
+    "performer_attention",
     "register_attention",
+    "sliding_attention",
+    "strided_attention",
 ]
