@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 torch = pytest.importorskip("torch", reason="parity tests need the peers extra: pip install -e .[peers]")
 transformers = pytest.importorskip("transformers", reason="parity tests need the peers extra: pip install -e .[peers]")
@@ -17,6 +18,7 @@ transformers = pytest.importorskip("transformers", reason="parity tests need the
 from research.decode import generate  # noqa: E402
 from research.models import hf  # noqa: E402
 from research.models.hf import io  # noqa: E402
+from research.train.sharding import logical_shardings, make_mesh, strip_boxes  # noqa: E402
 
 VOCAB = 97
 ATOL = 1e-4
@@ -97,10 +99,16 @@ def test_greedy_generations_match(pair):
         assert mine == out[0, len(prompt) :].tolist(), kind
 
 
-def test_params_carry_logical_axes(pair):
+def test_params_carry_logical_axes_and_shard(pair):
     _, _, _, params = pair
     leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) and len(x.names) == x.value.ndim for x in leaves)
+    # The converted tree shards by the training rules like a fresh init: heads over `tensor`, embed over `fsdp`.
+    mesh = make_mesh(dict(data=2, fsdp=2, tensor=2, expert=1))
+    shardings = logical_shardings(params, mesh)
+    placed = jax.device_put(strip_boxes(params), shardings)
+    assert placed["block_0"]["attn"]["query"].sharding.spec == P("fsdp", "tensor", None)
+    jax.tree.map(np.testing.assert_array_equal, placed, nn.unbox(params))
 
 
 def test_export_round_trip_through_transformers(pair, tmp_path):
