@@ -42,15 +42,18 @@ def workdir_tokenizer(config, workdir):
 
 def check_batch_fits_mesh(config, num_devices: int) -> None:
     sizes = mesh_shape(config.mesh, num_devices)
-    data_parallel = sizes["data"] * sizes["fsdp"]
+    data_parallel = sizes["data"] * sizes["fsdp"] * sizes["expert"]  # the batch is split over all three
     micro = config.train.batch_size // config.train.grad_accum_steps
     if micro % data_parallel:
         raise ValueError(
             f"train.batch_size={config.train.batch_size} / train.grad_accum_steps={config.train.grad_accum_steps} "
-            f"= {micro} rows per micro-batch must divide over mesh data*fsdp = {data_parallel} devices"
+            f"= {micro} rows per micro-batch must divide over mesh data*fsdp*expert = {data_parallel} devices"
         )
     if config.model.num_heads % sizes["tensor"]:
         raise ValueError(f"model.num_heads={config.model.num_heads} must be divisible by mesh.tensor={sizes['tensor']}")
+    experts = config.model.moe_num_experts
+    if experts and experts % sizes["expert"]:  # validate() can't check mesh.expert=-1 before devices are known
+        raise ValueError(f"model.moe_num_experts={experts} must be divisible by mesh.expert={sizes['expert']}")
 
 
 def _to_global(batch: dict, sharding) -> dict:

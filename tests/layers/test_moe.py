@@ -21,6 +21,7 @@ from research.layers.moe import (
     route,
 )
 from research.models import DecoderLM, ModelConfig, init_params
+from research.train.loop import check_batch_fits_mesh
 from research.train.sharding import BATCH_AXES, LOGICAL_RULES, logical_shardings, make_mesh
 from research.train.state import make_optimizer, state_shapes
 from tests.train.test_sharding import one_step
@@ -262,3 +263,17 @@ def test_experts_must_divide_over_the_expert_axis():
     c.mesh.expert = 0
     with pytest.raises(ValueError, match=r"mesh.expert must be a positive size"):
         validate(c)
+
+
+def test_batch_must_divide_over_data_fsdp_and_expert():
+    c = default_config()
+    c.model.moe_num_experts = 6
+    c.mesh.update(data=2, expert=-1)  # expert = 4 on 8 devices: the batch splits 8 ways
+    c.train.batch_size = 4
+    with pytest.raises(ValueError, match=r"mesh data\*fsdp\*expert = 8 devices"):
+        check_batch_fits_mesh(c, 8)
+    c.train.batch_size = 8
+    with pytest.raises(ValueError, match=r"model.moe_num_experts=6 must be divisible by mesh.expert=4"):
+        check_batch_fits_mesh(c, 8)
+    c.model.moe_num_experts = 8
+    check_batch_fits_mesh(c, 8)
