@@ -3,8 +3,9 @@
 Both replace the [n, n] attention matrix by a product of thin matrices and so
 cost O(n) time and memory, at the price of an approximation error that shrinks
 as `rank` / `num_features` grow (tests measure it against dense).
-Both are pure functions with no parameters of their own: their projections are
-fixed constants derived from a seed, the same at every call.
+Both are pure functions with no parameters of their own: Linformer's projection
+is fixed mean pooling, Performer's random features a constant drawn from seed 0,
+the same at every call.
 """
 
 import functools
@@ -35,9 +36,10 @@ def linformer_projection(rank: int, kv_len: int):
 
 @register_attention("linformer", options=("rank",))
 def linformer_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, rank=64):
-    """softmax(q (E k)^T / sqrt(d)) (E v) with E: [rank, kv_len] (`linformer_projection`).
+    """softmax(q (E k)^T / sqrt(d)) (E v) with E: [rank, kv_len] (`linformer_projection`), applied
+    as a mean over kv_len / rank consecutive keys.
 
-    Cost O(q_len * rank) time and memory. Non-causal only (E mixes future keys into every row)
+    Cost O(q_len * rank * d) time, O(q_len * rank) memory. Non-causal only (E mixes future keys into every row)
     and no segment ids or masks (a projected row mixes keys of every segment): supported is
     causal=False, segment_ids=None, mask=None, rank dividing kv_len (clamped to kv_len).
     MHA/GQA/MQA: the projected keys keep their kv heads.
@@ -51,10 +53,11 @@ def linformer_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, r
         )
     if segment_ids is not None or mask is not None:
         raise ValueError("linformer attention supports neither segment_ids nor mask: its projection mixes all keys")
-    r = block_len(k.shape[1], rank, "rank", "kv_len", "linformer")
-    e = jnp.asarray(linformer_projection(r, k.shape[1]), k.dtype)
-    k_proj = jnp.einsum("rn,bnhd->brhd", e, k)  # [b, rank, kvh, d]
-    v_proj = jnp.einsum("rn,bnhd->brhd", e, v)
+    b, kv_len, kvh, d = k.shape
+    r = block_len(kv_len, rank, "rank", "kv_len", "linformer")
+    # E @ k without E: a [rank, kv_len] constant would cost O(n * rank) FLOPs and bytes, pooling O(n).
+    k_proj = k.reshape(b, r, kv_len // r, kvh, d).mean(2)  # [b, rank, kvh, d]
+    v_proj = v.reshape(b, r, kv_len // r, kvh, d).mean(2)
     return dense_attention(q, k_proj, v_proj)
 
 

@@ -11,8 +11,8 @@ ever slows a run down). Memory is XLA's own figure for the compiled program:
 forward+backward allocates, excluding inputs and outputs (q, k, v, their
 gradients: 6 * batch * len * heads * head_dim * 4 bytes more). It is read before
 running, so a program over --mem_cap_gib is skipped without allocating it. A
-variant stops growing once its predicted time at the next length (the last
-time times the observed growth) exceeds --time_cap_s; skipped lengths say so.
+variant stops growing once its predicted time at the next length (from the
+log-log slope so far) exceeds --time_cap_s; skipped lengths say so.
 
 Variants run causal, as a decoder uses them, except linformer (non-causal only).
 The last line is one JSON object: {variant: {"slope": fitted log-log slope of time
@@ -113,8 +113,10 @@ def main(argv):
             print(f"{name:>12} {n:>6}: {1e3 * seconds:10.1f} ms  {temp / 2**20:10.1f} MiB temp", flush=True)
             points.append((n, seconds))
             last_temp, last_len = temp, n
-            growth = points[-1][1] / points[-2][1] if len(points) > 1 else 4.0
-            if seconds * max(growth, 2.0) > f.time_cap_s:
+            # Predicted next time from the slope so far, clipped to [1, 2.2]: one noisy point
+            # (other processes share the cores) must not stop a variant early.
+            slope = min(max(fit_slope(points) or 2.0, 1.0), 2.2)
+            if seconds * 2**slope > f.time_cap_s:
                 note = f"skipped: > {f.time_cap_s:g} s predicted"
         results[name] = {"slope": fit_slope(points), "peak_bytes": last_temp, "longest": last_len}
     device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"

@@ -187,6 +187,13 @@ def test_linformer_error_shrinks_with_rank_and_is_exact_at_full_rank():
     ]
     assert all(b < a for a, b in zip(errs, errs[1:], strict=False)), errs
     assert errs[-1] < 1e-5, errs  # rank == kv_len: the projection is the identity
+    e = lowrank.linformer_projection(8, n)  # the documented [rank, kv_len] matrix form
+    proj = lambda x: jnp.einsum("rn,bnhd->brhd", e, x)
+    np.testing.assert_allclose(
+        _run(functools.partial(lowrank.linformer_attention, rank=8), q, k, v),
+        _run(dense_attention, q, proj(k), proj(v)),
+        atol=1e-5,
+    )
 
 
 # --- Every variant through the real training loop. ---
