@@ -213,12 +213,13 @@ def _plot(rows, path):
 
     fig = Figure(figsize=(11, 4))
     loss_ax, load_ax = fig.subplots(1, 2)
-    for r in rows:
-        loss_ax.plot(*zip(*r["eval_curve"], strict=True), "o-", label=r["run"])
+    for i, r in enumerate(rows):  # one colour per run in both panels
+        loss_ax.plot(*zip(*r["eval_curve"], strict=True), "o-", color=f"C{i}", label=r["run"])
         if r["imbalance_curve"]:
-            load_ax.plot(*zip(*r["imbalance_curve"], strict=True), "o-", label=r["run"])
+            load_ax.plot(*zip(*r["imbalance_curve"], strict=True), "o-", color=f"C{i}", label=r["run"])
     loss_ax.set_xlabel("step")
     loss_ax.set_ylabel("validation loss (nats / token)")
+    load_ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)  # perfectly balanced
     loss_ax.set_title("Same tokens: dense vs MoE")
     loss_ax.legend()
     load_ax.set_xlabel("step")
