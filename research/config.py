@@ -291,8 +291,11 @@ def validate(config) -> None:
             raise ValueError(f"mesh.{axis} must be a positive size or -1, got {config.mesh[axis]}")
     check_moe_config(m, config.mesh)
     validate_compression(config)
-    from research.train.tasks_sft import validate_sft  # here: it imports this module
+    # Imported here: the task modules import this one.
+    from research.train.tasks import get_task
+    from research.train.tasks_sft import validate_sft
 
+    get_task(t.task)
     validate_sft(config)
 
 

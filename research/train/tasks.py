@@ -17,6 +17,8 @@ Conventions every task follows:
   is logged, both through `research.train.step.apply_with_aux`.
 """
 
+import importlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,17 @@ from research.models import DecoderLM
 from research.train.step import lm_loss, lm_loss_sums
 
 _TASKS: dict[str, type["Task"]] = {}
+
+# The built-in tasks beyond "lm", by module. Imported on first lookup: they
+# subclass Task, so this module can't import them at its top.
+_TASK_MODULES = {
+    "mlm": "research.train.tasks_encoder",
+    "classify": "research.train.tasks_encoder",
+    "span_corruption": "research.train.tasks_seq2seq",
+    "seq2seq": "research.train.tasks_seq2seq",
+    "sft": "research.train.tasks_sft",
+    "distill": "research.distill.task",
+}
 
 
 def register_task(name: str):
@@ -43,10 +56,14 @@ def register_task(name: str):
 
 
 def list_tasks() -> list[str]:
+    for module in sorted(set(_TASK_MODULES.values())):
+        importlib.import_module(module)
     return sorted(_TASKS)
 
 
 def get_task(name: str) -> type["Task"]:
+    if name not in _TASKS and name in _TASK_MODULES:
+        importlib.import_module(_TASK_MODULES[name])
     try:
         return _TASKS[name]
     except KeyError:
