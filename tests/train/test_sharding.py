@@ -78,7 +78,7 @@ def test_sharded_step_equals_single_device(setup, mesh, accum):
 
 
 def test_mesh_shape_errors():
-    assert mesh_shape(dict(data=-1, fsdp=4, tensor=2), 8) == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert mesh_shape(dict(data=-1, fsdp=4, tensor=2), 8) == {"data": 1, "fsdp": 4, "tensor": 2, "expert": 1}
     with pytest.raises(ValueError, match="8 are available"):
         mesh_shape(dict(data=3, fsdp=1, tensor=1), 8)
     with pytest.raises(ValueError, match="must divide"):
