@@ -25,7 +25,7 @@ CFG = ModelConfig(
 @pytest.fixture(scope="module")
 def model_and_params():
     model = DecoderLM(CFG)
-    return model, nn.unbox(init_params(model, jax.random.key(0)))
+    return model, jax.jit(lambda key: nn.unbox(init_params(model, key)))(jax.random.key(0))  # jit: one compile
 
 
 @pytest.mark.parametrize("fmt,double_quant", [("int8", False), ("int4", False), ("nf4", True)])
@@ -38,7 +38,7 @@ def test_logits_on_quantized_equal_logits_on_dequantized(model_and_params, fmt, 
     on_floats = jax.jit(model.apply)({"params": dequantize_params(q)}, tokens)
     np.testing.assert_array_equal(np.asarray(on_quantized), np.asarray(on_floats))
     # ...and it is a quantization, not the original: close to but not equal to the float model
-    original = model.apply({"params": params}, tokens)
+    original = jax.jit(model.apply)({"params": params}, tokens)
     assert 0 < float(jnp.max(jnp.abs(on_quantized - original))) < 0.5 * float(jnp.max(jnp.abs(original)))
 
 

@@ -16,7 +16,7 @@ TARGET = r"attn/(query|value)$|mlp/wi/kernel$"
 
 def test_qlora_with_b_zero_is_the_nf4_model_and_trains_only_the_factors():
     model = DecoderLM(CFG)
-    params = nn.unbox(init_params(model, jax.random.key(0)))
+    params = jax.jit(lambda key: nn.unbox(init_params(model, key)))(jax.random.key(0))
     base_q = quantize_params(params, "nf4", group_size=16, double_quant=True, exclude="embed")
     lora = init_qlora(base_q, target=TARGET, rank=4, rng=jax.random.key(1))
     assert set(lora["block_0"]["attn"]) == {"query", "value"}
