@@ -39,7 +39,5 @@ def validate_compression(config) -> None:
         raise ValueError(f"distill.temperature must be > 0, got {d.temperature}")
     if not 0.0 <= d.alpha <= 1.0:
         raise ValueError(f"distill.alpha (the soft-label weight) must be in [0, 1], got {d.alpha}")
-    if config.train.get("task", "lm") == "distill":
-        if not d.teacher_workdir:
-            raise ValueError("train.task='distill' needs distill.teacher_workdir: the workdir of a trained teacher")
-        import research.distill  # noqa: F401, PLC0415  (registers the task; imported here, it imports research.config)
+    if config.train.get("task", "lm") == "distill" and not d.teacher_workdir:
+        raise ValueError("train.task='distill' needs distill.teacher_workdir: the workdir of a trained teacher")
