@@ -270,14 +270,14 @@ def _plot(rows, finetunes, path):
     ax.set_xlabel("stored weights (MB)")
     ax.set_ylabel("validation perplexity")
     ax.set_title("Weight-only quantization of one trained LM")
-    for name, r in finetunes.items():
-        curve = r["train_curve"]
-        window = max(len(curve) // 20, 1)
-        smooth = [sum(curve[max(0, i - window + 1) : i + 1]) / len(curve[max(0, i - window + 1) : i + 1]) for i in
-                  range(len(curve))]  # fmt: skip
-        ax2.plot(range(1, len(curve) + 1), smooth, label=name)
+    # The two runs see the same batches, so their per-step difference cancels the batch noise
+    # that dominates either curve alone.
+    (lora, qlora), names = finetunes.values(), list(finetunes)
+    gap = [q - f for q, f in zip(qlora["train_curve"], lora["train_curve"], strict=True)]
+    ax2.plot(range(1, len(gap) + 1), gap, label=f"{names[1]} - {names[0]}")
+    ax2.axhline(0.0, color="gray", lw=0.5)
     ax2.set_xlabel("fine-tuning step")
-    ax2.set_ylabel("train loss (running mean)")
+    ax2.set_ylabel("train loss difference (same batch)")
     ax2.set_title("QLoRA vs LoRA")
     ax2.legend()
     fig.tight_layout()
