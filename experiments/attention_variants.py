@@ -10,7 +10,9 @@ Every variant trains the same model (same init seed, data order, steps) twice:
     key placed >= 7/8 of the row back. Scored as next-token accuracy at the answer
     on the 512 validation rows; chance is 1/26. Local-only attention (sliding,
     window * layers far shorter than the distance) cannot do better than chance;
-    dense, blockwise and global-token / strided patterns can.
+    dense, blockwise, global tokens (block_sparse) and performer can in one hop.
+    Strided needs two (key -> its chunk's summary -> the query) and, measured at
+    tiny scale, does not learn that route in the step budget.
 Writes results.md, results.json and attention_variants.png in the workdir.
 
 Not in the sweep: linformer (non-causal; the decoder LM is causal, it raises),
