@@ -23,10 +23,13 @@ COLLECTION = "prefix"
 
 
 def init_prefix(model, init_inputs: dict, *, prefix_len: int, rng) -> dict:
-    """N(0, 1) key/value prefixes for every Attention module `model` calls (shape-only trace to find them).
+    """Prefixes for every Attention module `model` calls (a shape-only trace finds them).
 
-    Unit scale matches the projected keys/values of RMS-normalised inputs under
-    the projections' fan-in init, so the prefix starts in the range the layer reads.
+    Keys start N(0, 1), the scale of the projected keys of RMS-normalised inputs
+    under fan-in init, and distinct per slot so the slots learn different things;
+    values start at 0, so a fresh prefix only takes some attention mass (it
+    shrinks the layer's output) instead of writing random vectors into the
+    residual stream, which a pretrained model recovers from slowly.
     """
     from research.layers import Attention  # here: research.layers imports this module
 
@@ -35,8 +38,7 @@ def init_prefix(model, init_inputs: dict, *, prefix_len: int, rng) -> dict:
     out = {}
     for i, (path, (module, _)) in enumerate(sorted(find_modules(model, init_inputs, (Attention,)).items())):
         shape = (prefix_len, module.num_kv_heads, module.head_dim)
-        k_key, v_key = jax.random.split(jax.random.fold_in(rng, i))
-        out[path] = {"key": jax.random.normal(k_key, shape), "value": jax.random.normal(v_key, shape)}
+        out[path] = {"key": jax.random.normal(jax.random.fold_in(rng, i), shape), "value": jnp.zeros(shape)}
     return nest(out)
 
 

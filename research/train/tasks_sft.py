@@ -40,6 +40,8 @@ from research.train.tasks import Task, register_task
 
 def validate_sft(config) -> None:
     """Checks config.sft and config.peft (called by research.config.validate). Raises ValueError naming the key."""
+    if "sft" not in config or "peft" not in config:  # a config from before these sections existed
+        return
     spec = peft_lib.PeftSpec.from_config(config.peft)
     s = config.sft
     instructions.check_kinds(_kinds(s.tasks))

@@ -99,7 +99,8 @@ def test_packed_examples_never_attend_to_each_other():
     model = DecoderLM(config)
     row = {k: v[:1] for k, v in next(ins.make_train_iterator(_spec(), TOK, process_index=0, process_count=1)).items()}
     params = model.init(jax.random.key(0), jnp.asarray(row["tokens"]))["params"]
-    packed = model.apply(
+    apply = jax.jit(model.apply)
+    packed = apply(
         {"params": params},
         jnp.asarray(row["tokens"]),
         positions=jnp.asarray(row["positions"]),
@@ -107,6 +108,10 @@ def test_packed_examples_never_attend_to_each_other():
     )[0]
     segments = list(_segments({k: v[0] for k, v in row.items()}))
     assert len(segments) >= 2
+    # Each example alone in its own row, right-padded (causal: the padding never reaches its logits).
+    alone = apply(
+        {"params": params}, jnp.asarray([np.pad(seg["tokens"], (0, 64 - len(seg["tokens"]))) for seg in segments])
+    )
     for s, seg in enumerate(segments, start=1):
-        alone = model.apply({"params": params}, jnp.asarray(seg["tokens"])[None])[0]
-        np.testing.assert_allclose(np.asarray(packed[row["segment_ids"][0] == s]), np.asarray(alone), atol=1e-5)
+        got = np.asarray(packed[row["segment_ids"][0] == s])
+        np.testing.assert_allclose(got, np.asarray(alone[s - 1, : len(seg["tokens"])]), atol=1e-5)

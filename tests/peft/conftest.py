@@ -15,7 +15,8 @@ def tiny():
     model = DecoderLM(config)
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 7, 40)
     boxed = model.init(jax.random.key(0), tokens)["params"]
-    return dict(model=model, boxed=boxed, params=nn.unbox(boxed), tokens=tokens)
+    # One compiled forward for every test that runs the model at these shapes (eager applies cost seconds).
+    return dict(model=model, boxed=boxed, params=nn.unbox(boxed), tokens=tokens, apply=jax.jit(model.apply))
 
 
 def randomize(tree, seed=3, scale=0.3):

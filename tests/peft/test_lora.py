@@ -13,15 +13,15 @@ ALL = r"attn/(query|key|value|out)$|mlp/\w+/kernel$"
 
 
 def test_zero_b_at_init_leaves_logits_unchanged(tiny):
-    model, params, tokens = tiny["model"], tiny["params"], tiny["tokens"]
+    apply, params, tokens = tiny["apply"], tiny["params"], tiny["tokens"]
     lora = lora_lib.init_lora(params, target=ALL, rank=4, rng=jax.random.key(0))
     bs = [leaf for path, leaf in lora_lib.flatten(lora).items() if path.endswith("/b")]
     assert len(bs) == 2 * 7 and all(np.all(np.asarray(b) == 0) for b in bs)
-    base = model.apply({"params": params}, tokens)
-    adapted = model.apply({"params": lora_lib.apply_lora(params, lora, alpha=8.0)}, tokens)
+    base = apply({"params": params}, tokens)
+    adapted = apply({"params": lora_lib.apply_lora(params, lora, alpha=8.0)}, tokens)
     np.testing.assert_array_equal(np.asarray(adapted), np.asarray(base))
     # ...and once B is non-zero the function does change (this test can fail).
-    moved = model.apply({"params": lora_lib.apply_lora(params, randomize(lora), alpha=8.0)}, tokens)
+    moved = apply({"params": lora_lib.apply_lora(params, randomize(lora), alpha=8.0)}, tokens)
     assert np.abs(np.asarray(moved) - np.asarray(base)).max() > 1e-3
 
 
@@ -56,18 +56,18 @@ def _unmerged_interceptor(lora, alpha):
 def test_merged_equals_unmerged(tiny, target):
     model, params, tokens = tiny["model"], tiny["params"], tiny["tokens"]
     lora = randomize(lora_lib.init_lora(params, target=target, rank=3, rng=jax.random.key(0)), scale=0.2)
-    merged = model.apply({"params": lora_lib.merge(params, lora, alpha=6.0)}, tokens)
+    merged = tiny["apply"]({"params": lora_lib.merge(params, lora, alpha=6.0)}, tokens)
     with nn.intercept_methods(_unmerged_interceptor(lora, 6.0)):
         unmerged = model.apply({"params": params}, tokens)
     # float32 throughout; the two orders of summation differ by rounding only.
     np.testing.assert_allclose(np.asarray(merged), np.asarray(unmerged), atol=2e-5, rtol=1e-5)
-    assert np.abs(np.asarray(merged) - np.asarray(model.apply({"params": params}, tokens))).max() > 1e-3
+    assert np.abs(np.asarray(merged) - np.asarray(tiny["apply"]({"params": params}, tokens))).max() > 1e-3
 
 
 def test_unmerge_restores_base(tiny):
     params = tiny["params"]
     lora = randomize(lora_lib.init_lora(params, target=ALL, rank=2, rng=jax.random.key(0)))
-    back = lora_lib.unmerge(lora_lib.merge(params, lora, alpha=4.0), lora, alpha=4.0)
+    back = jax.jit(lambda p, lo: lora_lib.unmerge(lora_lib.merge(p, lo, alpha=4.0), lo, alpha=4.0))(params, lora)
     for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
 
