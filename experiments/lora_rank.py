@@ -204,19 +204,24 @@ def analyze(workdir, runs, arg=None):
 def _plot(rows, path):
     from matplotlib.figure import Figure  # no pyplot: no display needed, caller's backend untouched
 
-    fig = Figure(figsize=(6.5, 4))
-    ax = fig.subplots()
-    for r in rows:
-        marker = "s" if r["name"] == "full" else ("o" if r["name"].startswith("lora") else "^")
-        ax.plot(r["trainable_params"], r["exact_match"], marker, color="C0" if marker == "o" else "C1")
-        ax.annotate(r["name"], (r["trainable_params"], r["exact_match"]), textcoords="offset points", xytext=(4, 3),
-                    fontsize=7)  # fmt: skip
-    lora = sorted((r["trainable_params"], r["exact_match"]) for r in rows if r["name"].startswith("lora"))
-    ax.plot([p for p, _ in lora], [e for _, e in lora], "-", color="C0", alpha=0.5)
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters")
-    ax.set_ylabel("exact match (held-out prompts)")
-    ax.set_title("Instruction tuning: full vs LoRA rank vs prefix vs adapters")
+    fig = Figure(figsize=(11, 4))
+    for ax, key, label in zip(
+        fig.subplots(1, 2),
+        ("eval_loss", "exact_match"),
+        ("validation loss on response tokens", "exact match (held-out prompts)"),
+        strict=True,
+    ):
+        for r in rows:
+            marker = "s" if r["name"] == "full" else ("o" if r["name"].startswith("lora") else "^")
+            ax.plot(r["trainable_params"], r[key], marker, color="C0" if marker == "o" else "C1")
+            ax.annotate(r["name"], (r["trainable_params"], r[key]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7)  # fmt: skip
+        lora = sorted((r["trainable_params"], r[key]) for r in rows if r["name"].startswith("lora"))
+        ax.plot([p for p, _ in lora], [v for _, v in lora], "-", color="C0", alpha=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel(label)
+    fig.suptitle("Instruction tuning: full vs LoRA rank vs prefix vs adapters")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
