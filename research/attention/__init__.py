@@ -21,7 +21,13 @@ from research.attention.blockwise import blockwise_attention  # registers "block
 from research.attention.dense import cached_attention, dense_attention, make_attention_mask
 from research.attention.flash import flash_attention  # registers "flash"
 from research.attention.lowrank import linformer_attention, performer_attention  # registers both
-from research.attention.registry import attention_options, get_attention, list_attention, register_attention
+from research.attention.registry import (
+    attention_options,
+    get_attention,
+    get_decode_mask,
+    list_attention,
+    register_attention,
+)
 from research.attention.sparse import (  # registers "sliding", "block_sparse", "strided"
     block_sparse_attention,
     sliding_attention,
@@ -36,6 +42,7 @@ __all__ = [
     "dense_attention",
     "flash_attention",
     "get_attention",
+    "get_decode_mask",
     "linformer_attention",
     "list_attention",
     "make_attention_mask",

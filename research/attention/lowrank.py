@@ -16,7 +16,7 @@ import numpy as np
 
 from research.attention.blockwise import block_len, check_heads, split_segment_ids
 from research.attention.dense import dense_attention
-from research.attention.registry import register_attention
+from research.attention.registry import NO_CACHED_DECODING, register_attention
 
 # --- Linformer (Wang et al. 2020). ---
 
@@ -34,7 +34,7 @@ def linformer_projection(rank: int, kv_len: int):
     return np.kron(np.eye(rank, dtype=np.float32), np.full((1, c), 1.0 / c, np.float32))
 
 
-@register_attention("linformer", options=("rank",))
+@register_attention("linformer", options=("rank",), decode_mask=NO_CACHED_DECODING)
 def linformer_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, rank=64):
     """softmax(q (E k)^T / sqrt(d)) (E v) with E: [rank, kv_len] (`linformer_projection`), applied
     as a mean over kv_len / rank consecutive keys.
@@ -134,7 +134,7 @@ def _performer_causal(qf, kf, v, seg, chunk):
     return num.reshape(b, n, kvh, g, d), den.reshape(b, n, kvh, g)
 
 
-@register_attention("performer", options=("num_features", "block_size"))
+@register_attention("performer", options=("num_features", "block_size"), decode_mask=NO_CACHED_DECODING)
 def performer_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, num_features=128, block_size=128):
     """FAVOR+: softmax kernel exp(q.k / sqrt(d)) ~ phi(q).phi(k) with positive orthogonal random
     features, so attention is phi(Q) (phi(K)^T V) normalised by phi(Q) (phi(K)^T 1).

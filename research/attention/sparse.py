@@ -24,25 +24,44 @@ from research.attention.registry import register_attention
 # --- Equivalent masks: the references. [q_len, kv_len] bool, True = may attend. ---
 
 
-def sliding_mask(length: int, window: int, *, causal: bool):
-    """Causal: i - window < j <= i (window keys, itself included). Non-causal: |i - j| < window."""
+def sliding_pattern(i, j, *, window: int, causal: bool = True):
+    """Query position i may see key position j. Causal: i - window < j (j <= i is the causal mask's).
+    Non-causal: |i - j| < window."""
+    return (i - j < window) if causal else jnp.abs(i - j) < window
+
+
+def block_sparse_pattern(i, j, *, block_size: int, num_global: int, causal: bool = True):
+    """Blocks qb, kb (index // block_size) attend when either is global (< num_global) or |qb - kb| <= 1."""
+    del causal  # the same pattern either way; causality is the causal mask's
+    qb, kb = i // block_size, j // block_size
+    return (qb < num_global) | (kb < num_global) | (jnp.abs(qb - kb) <= 1)
+
+
+def strided_pattern(i, j, *, stride: int, causal: bool = True):
+    """Same stride-long chunk, or j is the last key of its chunk (a "summary" every query sees)."""
+    del causal
+    return (i // stride == j // stride) | (j % stride == stride - 1)
+
+
+def _pattern_mask(pattern, length: int, causal: bool, **options):
     i, j = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
-    return (0 <= i - j) & (i - j < window) if causal else jnp.abs(i - j) < window
+    out = pattern(i, j, causal=causal, **options)
+    return out & (j <= i) if causal else out
+
+
+def sliding_mask(length: int, window: int, *, causal: bool):
+    """The dense-equivalent [length, length] mask of "sliding" (the tests' reference)."""
+    return _pattern_mask(sliding_pattern, length, causal, window=window)
 
 
 def block_sparse_mask(length: int, block_size: int, num_global: int, *, causal: bool):
-    """Blocks qb, kb (index // block_size) attend when either is global (< num_global) or |qb - kb| <= 1."""
-    i, j = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
-    qb, kb = i // block_size, j // block_size
-    out = (qb < num_global) | (kb < num_global) | (jnp.abs(qb - kb) <= 1)
-    return out & (j <= i) if causal else out
+    """The dense-equivalent [length, length] mask of "block_sparse"."""
+    return _pattern_mask(block_sparse_pattern, length, causal, block_size=block_size, num_global=num_global)
 
 
 def strided_mask(length: int, stride: int, *, causal: bool):
-    """Same stride-long chunk, or j is the last key of its chunk (a "summary" every query sees)."""
-    i, j = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
-    out = (i // stride == j // stride) | (j % stride == stride - 1)
-    return out & (j <= i) if causal else out
+    """The dense-equivalent [length, length] mask of "strided"."""
+    return _pattern_mask(strided_pattern, length, causal, stride=stride)
 
 
 # --- Shared machinery. ---
@@ -119,7 +138,7 @@ def _allowed(q_pos, k_pos, q_seg, k_seg, extra):
 # --- The variants. ---
 
 
-@register_attention("sliding", options=("window",))
+@register_attention("sliding", options=("window",), decode_mask=sliding_pattern)
 def sliding_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, window=128):
     """Local attention: causal, each query sees the `window` most recent keys (itself included);
     non-causal, keys within `window - 1` positions either side.
@@ -148,7 +167,7 @@ def sliding_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, win
     return out.reshape(q.shape)
 
 
-@register_attention("block_sparse", options=("block_size", "num_global"))
+@register_attention("block_sparse", options=("block_size", "num_global"), decode_mask=block_sparse_pattern)
 def block_sparse_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, block_size=128, num_global=1):
     """BigBird/Longformer-style: each query block sees its neighbouring blocks (i-1, i, i+1; causal:
     i-1, i) and the first `num_global` blocks; global blocks' queries see every key.
@@ -194,7 +213,7 @@ def block_sparse_attention(q, k, v, *, causal=False, segment_ids=None, mask=None
     return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
 
 
-@register_attention("strided", options=("stride",))
+@register_attention("strided", options=("stride",), decode_mask=strided_pattern)
 def strided_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, stride=64):
     """Sparse Transformer's fixed pattern: a query sees its own `stride`-long chunk and the last key
     of every chunk (the chunk's "summary"), so two layers connect any two positions.

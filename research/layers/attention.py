@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.attention import cached_attention, get_attention
+from research.attention import cached_attention, get_attention, get_decode_mask
 from research.layers.position import apply_rope
 from research.peft.prefix import with_prefix, with_prefix_cached
 
@@ -61,7 +61,7 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
 
         if decode:
-            out = self._decode_attend(q, k, v, segment_ids, bias)
+            out = self._decode_attend(q, k, v, positions, segment_ids, bias)
         else:
             attend = get_attention(self.attention, dict(self.attention_options))
             extra = {}
@@ -79,7 +79,7 @@ class Attention(nn.Module):
             "blhk,hkd->bld", out, (self.num_heads, hd, d_model), ("heads", "head_dim", "embed"), "out", (0, 1)
         )
 
-    def _decode_attend(self, q, k, v, segment_ids, bias=None):
+    def _decode_attend(self, q, k, v, positions, segment_ids, bias=None):
         """Autoregressive step(s) against a KV cache held in the "cache" collection.
 
         The first call (cache creation, e.g. under `init`) sizes the cache from
@@ -87,9 +87,11 @@ class Attention(nn.Module):
         `cache_index` and attend to every filled slot at or before each query's
         slot. Prompts are left-padded by the caller, so slot order is time
         order for every row and padding slots carry segment id 0 and are never
-        attended to.
+        attended to. A sparse variant's pattern (sliding window, blocks,
+        strides) is a function of token positions, which the cache keeps too.
         """
         batch, q_len = q.shape[:2]
+        pattern = get_decode_mask(self.attention, dict(self.attention_options))  # raises if unsupported
         if segment_ids is None:
             segment_ids = jnp.ones((batch, q_len), jnp.int32)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # heads-major: [b, kvh, len, hd]
@@ -97,18 +99,22 @@ class Attention(nn.Module):
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
         cached_seg = self.variable("cache", "cached_segment_ids", jnp.zeros, segment_ids.shape, jnp.int32)
+        cached_pos = self.variable("cache", "cached_positions", jnp.zeros, segment_ids.shape, jnp.int32)
         index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
         i = index.value
         if initialized:  # (the first, shape-only pass just creates the cache)
             cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, 0, i, 0))
             cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, 0, i, 0))
             cached_seg.value = jax.lax.dynamic_update_slice(cached_seg.value, segment_ids.astype(jnp.int32), (0, i))
+            cached_pos.value = jax.lax.dynamic_update_slice(cached_pos.value, positions.astype(jnp.int32), (0, i))
             index.value = i + q_len
         cache_len = cached_k.value.shape[2]
         q_slot = i + jnp.arange(q_len)
         causal = jnp.arange(cache_len)[None, :] <= q_slot[:, None]  # [q, cache]
         seg = cached_seg.value
         mask = causal[None] & (segment_ids[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+        if pattern is not None:
+            mask = mask & pattern(positions[:, :, None], cached_pos.value[:, None, :])  # [b, q, cache]
         attend = cached_attention
         if self.has_variable("prefix", "key"):  # prefix tuning: learned keys/values (research/peft/prefix.py)
             attend = with_prefix_cached(attend, **self.variables["prefix"])
