@@ -16,7 +16,6 @@ scale=tiny|full, mlm=DIR.
 import argparse
 import json
 
-import research.train.tasks_encoder  # noqa: F401  (registers train.task='mlm' and 'classify')
 from research.config import default_config, parse_arg
 
 SCALES = {

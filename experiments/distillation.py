@@ -22,7 +22,6 @@ import argparse
 import json
 import sys
 
-import research.distill  # noqa: F401  (registers train.task='distill')
 from research.config import default_config, parse_arg, swiglu_mlp_dim
 
 SCALES = {

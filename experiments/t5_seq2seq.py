@@ -17,7 +17,6 @@ tasks (reverse, uppercase, sort, arithmetic); exact match of greedy generations 
 import argparse
 import json
 
-import research.train.tasks_seq2seq  # noqa: F401  (registers train.task='span_corruption' and 'seq2seq')
 from research.config import default_config, parse_arg
 
 SCALES = {

@@ -47,7 +47,10 @@ def main(argv):
         sys.exit(2)
     if jax.process_index() == 0:
         print(json.dumps({"final": last}))
-    if _SAMPLE.value and jax.process_index() == 0 and jax.process_count() == 1:
+    from research.train.tasks import get_task
+
+    can_sample = get_task(config.train.task).samples_after_training
+    if _SAMPLE.value and can_sample and jax.process_index() == 0 and jax.process_count() == 1:
         from research.sample import print_samples
 
         s = config.sample

@@ -94,6 +94,9 @@ class Task:
     # Config keys (besides RESUME_MUST_MATCH in research/train/checkpoint.py) a resumed
     # run must share with the run that wrote the workdir, e.g. ("peft", "sft.base_workdir").
     resume_must_match: tuple[str, ...] = ()
+    # Whether `research.sample` can generate from the workdir's checkpoint alone (a
+    # decoder LM whose whole parameters are in the train state).
+    samples_after_training: bool = True
 
     def __init__(self, config, tokenizer):
         self.config = config
@@ -106,7 +109,8 @@ class Task:
 
     def init_inputs(self) -> dict:
         """Keyword inputs `model.init` traces with (shapes only)."""
-        return {"tokens": jnp.zeros((1, min(8, self.config.data.seq_len)), jnp.int32)}
+        # The full row length: a variant's window or block must divide what init traces.
+        return {"tokens": jnp.zeros((1, self.config.data.seq_len), jnp.int32)}
 
     def init_params(self, rng):
         """Boxed (logically partitioned) parameters; run under jax.eval_shape for shapes only."""

@@ -63,11 +63,13 @@ def mlm_corrupt(rng, tokens, segment_ids, *, rate, mask_token, random_token, mas
 
 
 class _EncoderTask(Task):
+    samples_after_training = False
+
     def build_model(self):
         return EncoderModel(encoder_model_config(self.config, self.tokenizer.vocab_size))
 
     def init_inputs(self) -> dict:
-        tokens = jnp.full((1, min(8, self.config.data.seq_len)), NUM_SPECIAL, jnp.int32)
+        tokens = jnp.full((1, self.config.data.seq_len), NUM_SPECIAL, jnp.int32)  # full rows: variants tile them
         return {"tokens": tokens, "segment_ids": jnp.ones_like(tokens), "head": "all"}
 
 

@@ -109,6 +109,8 @@ class _CorruptedRows(grain.DatasetIterator):
 
 
 class _Seq2SeqBase(Task):
+    samples_after_training = False
+
     def build_model(self):
         return EncoderDecoder(seq2seq_model_config(self.config, self.tokenizer.vocab_size))
 

@@ -112,6 +112,7 @@ class SFTTask(Task):
     """Instruction tuning; see the module docstring."""
 
     resume_must_match = ("peft", "sft.base_workdir", "sft.tasks", "sft.num_train_examples")
+    samples_after_training = False  # a PEFT checkpoint is not a whole model; eval reports exact match
 
     def __init__(self, config, tokenizer):
         validate_sft(config)
