@@ -31,6 +31,8 @@ from research.data import instructions
 from research.decode import generate
 from research.peft import lora as lora_lib
 from research.peft import model as peft_lib
+from research.quant.qlora import qlora_params
+from research.quant.transform import dequantize_params, quantize_params_from_config, quantized_model
 from research.tokenizers import load_tokenizer
 from research.train import checkpoint
 from research.train.sharding import logical_shardings, strip_boxes
@@ -60,6 +62,11 @@ def validate_sft(config) -> None:
         raise ValueError(
             f"peft.method='none' trains every parameter, loaded by train.init_from: set train.init_from="
             f"{s.base_workdir!r} (sft.base_workdir), got {init_from!r}"
+        )
+    if config.quant.format != "none" and spec.method != "lora":
+        raise ValueError(
+            f"quant.format={config.quant.format!r} quantizes the frozen base of QLoRA: it needs "
+            f"peft.method='lora', got {spec.method!r}"
         )
     if spec.method != "none" and init_from:
         raise ValueError(
@@ -111,13 +118,16 @@ def sft_targets(batch):
 class SFTTask(Task):
     """Instruction tuning; see the module docstring."""
 
-    resume_must_match = ("peft", "sft.base_workdir", "sft.tasks", "sft.num_train_examples")
+    resume_must_match = ("peft", "quant", "sft.base_workdir", "sft.tasks", "sft.num_train_examples")
     samples_after_training = False  # a PEFT checkpoint is not a whole model; eval reports exact match
 
     def __init__(self, config, tokenizer):
         validate_sft(config)
         self.spec = peft_lib.PeftSpec.from_config(config.peft)
         super().__init__(config, tokenizer)
+        # QLoRA: the frozen base is stored quantized; the model dequantizes weights as it reads them.
+        self.qlora = config.quant.format != "none"
+        self.apply_model = quantized_model(self.model) if self.qlora else self.model
         t = config.train
         num_shards = jax.process_count() if config.data.num_shards == -1 else config.data.num_shards
         self.data = instructions.InstructionSpec(
@@ -152,9 +162,16 @@ class SFTTask(Task):
             abstract = jax.tree.map(
                 lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(boxed), shardings
             )
-            return checkpoint.latest_params(self.config.sft.base_workdir, abstract)
-        init = jax.jit(lambda r: strip_boxes(self.base_init(r)), out_shardings=shardings)
-        return init(jax.random.key(self.config.train.seed + 1))
+            base = checkpoint.latest_params(self.config.sft.base_workdir, abstract)
+        else:
+            init = jax.jit(lambda r: strip_boxes(self.base_init(r)), out_shardings=shardings)
+            base = init(jax.random.key(self.config.train.seed + 1))
+        if not self.qlora:
+            return base
+        # Quantized leaves carry no logical names yet: replicate them on the mesh.
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        quantize = jax.jit(lambda b: quantize_params_from_config(b, self.config.quant))
+        return jax.device_put(quantize(base), replicated)
 
     # --- On what. ---
     def train_iterator(self, process_index: int, process_count: int):
@@ -174,10 +191,14 @@ class SFTTask(Task):
 
     # --- Towards what. ---
     def _token_losses(self, params, frozen, batch, rng):
-        variables = peft_lib.variables(self.spec, frozen, params, rng)
+        if self.qlora:
+            s = self.spec
+            variables = {"params": qlora_params(frozen, params, alpha=s.alpha, dropout=s.dropout, rng=rng)}
+        else:
+            variables = peft_lib.variables(self.spec, frozen, params, rng)
         with peft_lib.context(self.spec):
             logits, aux, metrics = apply_with_aux(
-                self.model.apply,
+                self.apply_model.apply,
                 variables,
                 batch["tokens"],
                 positions=batch["positions"],
@@ -221,7 +242,8 @@ class SFTTask(Task):
         encoded = [instructions.prompt_tokens(tok, p).tolist() for p in prompts]
         model, variables = self.model, params
         if self.spec.method == "lora":
-            variables = jax.jit(lambda b, lo: lora_lib.merge(b, lo, alpha=self.spec.alpha))(frozen, params)
+            base = jax.jit(dequantize_params)(frozen) if self.qlora else frozen
+            variables = jax.jit(lambda b, lo: lora_lib.merge(b, lo, alpha=self.spec.alpha))(base, params)
         elif self.spec.method != "none":
             model, variables = peft_lib.PeftModel(self.model, self.spec), {"base": frozen, "peft": params}
         out = generate(
