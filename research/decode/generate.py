@@ -173,6 +173,11 @@ def generate(
         stop_tokens=tuple(stop_tokens),
         pad_id=pad_id,
     )
+    return cut_at_stop(out, stop_tokens)
+
+
+def cut_at_stop(out, stop_tokens) -> list[list[int]]:
+    """Generated rows [b, n] -> lists ending at (and including) each row's first stop token."""
     results = []
     for row in np.asarray(out).tolist():
         cut = next((i + 1 for i, t in enumerate(row) if t in stop_tokens), len(row))

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.decode.generate import sample_loop
+from research.decode.generate import cut_at_stop, sample_loop
 
 
 def pad_inputs(inputs: Sequence[Sequence[int]], pad_id: int):
@@ -130,8 +130,4 @@ def generate_seq2seq(
         stop_tokens=tuple(stop_tokens),
         pad_id=pad_id,
     )
-    results = []
-    for row in np.asarray(out).tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in stop_tokens), len(row))
-        results.append(row[:cut])
-    return results
+    return cut_at_stop(out, stop_tokens)
