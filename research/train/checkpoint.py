@@ -186,7 +186,7 @@ def _params_reader(workdir) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         workdir / "checkpoints",
         item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(read_only=True),
+        options=ocp.CheckpointManagerOptions(create=False),  # reads only; never makes a directory
     )
 
 
