@@ -59,17 +59,25 @@ def lm_loss_sums(params, apply_fn, batch):
     return jnp.sum(losses * weights), jnp.sum(weights)
 
 
-def lm_loss(params, frozen, batch, rng, *, apply_fn):
-    """Next-token loss in the loss-function convention; sown regularisers join the objective."""
-    del frozen, rng
-    losses, weights, aux, metrics = lm_token_losses(apply_fn, params, batch)
-    count = jnp.sum(weights)
-    nll = jnp.sum(losses * weights)
-    sums = {k: v * count for k, v in metrics.items()}
+def objective_sums(nll, count, aux, metrics, **extra_sums):
+    """(objective, count, metric sums) in the loss-function convention, from a task's summed NLL.
+
+    aux (per-unit, from apply_with_aux) joins the objective as aux * count; sown
+    metrics are per-unit means, so they are logged as value * count; extra_sums
+    (e.g. correct predictions) are sums already.
+    """
+    sums = {k: v * count for k, v in metrics.items()} | extra_sums
     if aux is None:
         return nll, count, sums
     sums.update(nll=nll, aux_loss=aux * count)
     return nll + aux * count, count, sums
+
+
+def lm_loss(params, frozen, batch, rng, *, apply_fn):
+    """Next-token loss in the loss-function convention; sown regularisers join the objective."""
+    del frozen, rng
+    losses, weights, aux, metrics = lm_token_losses(apply_fn, params, batch)
+    return objective_sums(jnp.sum(losses * weights), jnp.sum(weights), aux, metrics)
 
 
 def train_step(state, batch, frozen=None, *, grad_accum_steps: int, learning_rate_fn, loss_fn=None, seed: int = 0):

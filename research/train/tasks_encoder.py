@@ -24,7 +24,7 @@ from research import config as config_lib
 from research.data import stdlib_packages
 from research.models.encoder import POOLINGS, EncoderConfig, EncoderModel
 from research.tokenizers.base import NUM_SPECIAL
-from research.train.step import apply_with_aux
+from research.train.step import apply_with_aux, objective_sums
 from research.train.tasks import Task, data_spec, register_task
 
 
@@ -115,11 +115,7 @@ class MLMTask(_EncoderTask):
     def loss(self, params, frozen, batch, rng):
         del frozen
         nll, count, correct, aux, metrics = self._sums(params, batch, rng)
-        sums = {k: v * count for k, v in metrics.items()}
-        sums["mlm_accuracy"] = correct
-        if aux is None:
-            return nll, count, sums
-        return nll + aux * count, count, sums
+        return objective_sums(nll, count, aux, metrics, mlm_accuracy=correct)
 
     def eval_sums(self, params, frozen, batch) -> dict:
         del frozen
@@ -176,11 +172,7 @@ class ClassifyTask(_EncoderTask):
     def loss(self, params, frozen, batch, rng):
         del frozen, rng
         nll, count, correct, aux, metrics = self._sums(params, batch)
-        sums = {k: v * count for k, v in metrics.items()}
-        sums["accuracy"] = correct
-        if aux is None:
-            return nll, count, sums
-        return nll + aux * count, count, sums
+        return objective_sums(nll, count, aux, metrics, accuracy=correct)
 
     def eval_sums(self, params, frozen, batch) -> dict:
         del frozen

@@ -29,7 +29,7 @@ from research import config as config_lib
 from research.data import instructions
 from research.decode import generate_seq2seq
 from research.models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, shift_right
-from research.train.step import apply_with_aux
+from research.train.step import apply_with_aux, objective_sums
 from research.train.tasks import Task, register_task
 
 
@@ -136,11 +136,7 @@ class _Seq2SeqBase(Task):
     def loss(self, params, frozen, batch, rng):
         del frozen, rng
         nll, count, correct, aux, metrics = self._sums(params, batch)
-        sums = {k: v * count for k, v in metrics.items()}
-        sums["token_accuracy"] = correct
-        if aux is None:
-            return nll, count, sums
-        return nll + aux * count, count, sums
+        return objective_sums(nll, count, aux, metrics, token_accuracy=correct)
 
     def eval_sums(self, params, frozen, batch) -> dict:
         del frozen

@@ -36,7 +36,7 @@ from research.quant.transform import dequantize_params, quantize_params_from_con
 from research.tokenizers import load_tokenizer
 from research.train import checkpoint
 from research.train.sharding import logical_shardings, strip_boxes
-from research.train.step import apply_with_aux, next_token_targets
+from research.train.step import apply_with_aux, next_token_targets, objective_sums
 from research.train.tasks import Task, register_task
 
 
@@ -209,13 +209,7 @@ class SFTTask(Task):
 
     def loss(self, params, frozen, batch, rng):
         losses, weights, aux, metrics = self._token_losses(params, frozen, batch, rng)
-        count = jnp.sum(weights)
-        nll = jnp.sum(losses * weights)
-        sums = {k: v * count for k, v in metrics.items()}
-        if aux is None:
-            return nll, count, sums
-        sums.update(nll=nll, aux_loss=aux * count)
-        return nll + aux * count, count, sums
+        return objective_sums(jnp.sum(losses * weights), jnp.sum(weights), aux, metrics)
 
     def eval_sums(self, params, frozen, batch) -> dict:
         losses, weights, _, _ = self._token_losses(params, frozen, batch, None)
