@@ -28,7 +28,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data import stdlib_corpus  # noqa: F401  (registers the `python_stdlib` builder with TFDS)
+from research.data import sentiment, stdlib_corpus  # noqa: F401  (register `toy_sentiment`, `python_stdlib` with TFDS)
 
 
 @dataclasses.dataclass(frozen=True)
