@@ -134,13 +134,14 @@ def train_memory_bytes(model, params, config) -> int:
 
 def analyze(workdir, runs, arg=None):
     """One row per variant: LM quality, speed and memory, and recall accuracy."""
-    from research.sample import load_model
     from research.train.metrics import read_metrics
+    from research.train.runs import load_run
 
     rows = {}
     for run in runs:
-        model, params, tokenizer, config = load_model(run["workdir"])
-        metrics = read_metrics(run["workdir"])
+        loaded = load_run(run.workdir)
+        model, params, tokenizer, config = loaded.model, loaded.params, loaded.tokenizer, loaded.config
+        metrics = read_metrics(run.workdir)
         speeds = [m["tokens_per_sec"] for m in metrics if m.get("tokens_per_sec")]
         eval_loss = [m["eval_loss"] for m in metrics if "eval_loss" in m][-1]
         row = rows.setdefault(config.model.attention, {"variant": config.model.attention})

@@ -16,7 +16,8 @@ scale=tiny|full, mlm=DIR.
 import argparse
 import json
 
-from research.config import default_config, parse_arg
+from research.config import parse_arg
+from research.train.tasks import task_config
 
 SCALES = {
     # layers, d_model, heads, seq_len, batch, mlm steps, classify steps
@@ -34,7 +35,7 @@ def _arg(arg):
 
 def _config(arg, task, steps, lr):
     layers, d_model, heads, seq_len, batch, _, _ = SCALES[arg.scale]
-    c = default_config()
+    c = task_config(task)
     c.model.update(
         num_layers=layers,
         d_model=d_model,

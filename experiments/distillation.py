@@ -23,6 +23,7 @@ import json
 import sys
 
 from research.config import default_config, parse_arg, swiglu_mlp_dim
+from research.train.tasks import with_task
 
 SCALES = {
     # teacher (layers, d_model, heads), student (layers, d_model, heads), seq_len, batch, teacher steps, student steps
@@ -81,8 +82,7 @@ def get_config(arg=None):
     """The student, distilling from `teacher` (default: where `main` trains it)."""
     arg = _arg(arg)
     _, student, seq_len, batch, _, steps = SCALES[arg.scale]
-    c = _lm_config(student, seq_len, batch, arg.steps or steps, 2e-3)
-    c.train.task = "distill"
+    c = with_task(_lm_config(student, seq_len, batch, arg.steps or steps, 2e-3), "distill")
     c.distill.teacher_workdir = arg.teacher
     return c
 

@@ -26,6 +26,7 @@ import argparse
 import json
 
 from research.config import default_config, parse_arg, swiglu_mlp_dim
+from research.train.tasks import with_task
 
 SCALES = {
     # layers, d_model, heads, kv_heads, seq_len, batch, pretrain steps, fine-tune steps, eval prompts
@@ -78,9 +79,8 @@ def get_config(arg=None):
     *_, steps, eval_prompts = SCALES[parsed.scale]
     steps = parsed.steps or steps
     base = parsed.base or "workdirs/lora_rank/base"
-    c = get_base_config(arg)
+    c = with_task(get_base_config(arg), "sft")
     c.train.update(
-        task="sft",
         init_from=base,
         steps=steps,
         eval_every=steps,

@@ -105,8 +105,8 @@ def analyze(workdir, runs, arg=None):
 
     rows = []
     for label, run in zip(RUNS, runs, strict=True):
-        config = ConfigDict(json.loads((run["workdir"] / "config.json").read_text()))
-        metrics = read_metrics(run["workdir"])
+        config = ConfigDict(json.loads((run.workdir / "config.json").read_text()))
+        metrics = read_metrics(run.workdir)
         total = next(m["num_params"] for m in metrics if "num_params" in m)
         evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
         train = [m for m in metrics if "tokens_per_sec" in m]
@@ -127,7 +127,7 @@ def analyze(workdir, runs, arg=None):
                 "aux_loss": train[-1].get("moe_aux_loss"),
             }
         )
-    speeds = _interleaved_tokens_per_sec([r["workdir"] for r in runs])
+    speeds = _interleaved_tokens_per_sec([r.workdir for r in runs])
     for r, speed in zip(rows, speeds, strict=True):
         r["interleaved_tokens_per_sec"] = speed
     (workdir / "results.json").write_text(json.dumps(rows, indent=1))

@@ -196,8 +196,8 @@ def run(workdir, arg=None, base_workdir=None):
 
     from research.quant import param_bytes
     from research.quant.qlora import init_qlora
-    from research.sample import load_model
     from research.train.loop import train
+    from research.train.runs import load_run
     from research.train.tasks import Task
 
     workdir = epath.Path(workdir)
@@ -207,7 +207,8 @@ def run(workdir, arg=None, base_workdir=None):
     if base_workdir is None:
         base_workdir = workdir / "base"
         train(get_config(arg), base_workdir)  # resumes, or does nothing when finished
-    model, params, tokenizer, config = load_model(base_workdir)
+    loaded = load_run(base_workdir)
+    model, params, tokenizer, config = loaded.model, loaded.params, loaded.tokenizer, loaded.config
     config.train.eval_batches = 16  # 16 x batch x seq_len held-out tokens, the same for every format
     eval_batches = Task(config, tokenizer).eval_batches(0, 1)
     rows = measure_formats(model, params, eval_batches, tokenizer, new_tokens)

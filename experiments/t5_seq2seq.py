@@ -17,7 +17,8 @@ tasks (reverse, uppercase, sort, arithmetic); exact match of greedy generations 
 import argparse
 import json
 
-from research.config import default_config, parse_arg
+from research.config import parse_arg
+from research.train.tasks import task_config
 
 SCALES = {
     # layers, d_model, heads, seq_len (pretraining rows), batch, span steps, seq2seq steps
@@ -35,7 +36,7 @@ def _arg(arg):
 
 def _config(arg, task, steps, lr):
     layers, d_model, heads, seq_len, batch, _, _ = SCALES[arg.scale]
-    c = default_config()
+    c = task_config(task)
     c.model.update(
         num_layers=layers,
         d_model=d_model,

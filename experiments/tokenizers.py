@@ -93,14 +93,15 @@ def get_sweep(arg=None):
 def analyze(workdir, runs, arg=None):
     """Measures every run on the same held-out files; writes the table and the plot."""
     from research.data.pipeline import document_texts
-    from research.sample import load_model
     from research.train.bits_per_byte import bits_per_byte
     from research.train.loop import data_spec
+    from research.train.runs import load_run
 
     held_out_bytes = SCALES[_arg(arg).scale][-1]
     rows = []
     for run in runs:
-        model, params, tokenizer, config = load_model(run["workdir"])
+        loaded = load_run(run.workdir)
+        model, params, tokenizer, config = loaded.model, loaded.params, loaded.tokenizer, loaded.config
         texts = document_texts(data_spec(config), "eval", max_bytes=held_out_bytes)
         ids = [tokenizer.encode(t) for t in texts]
         num_tokens = sum(len(i) for i in ids)

@@ -1,12 +1,17 @@
-"""The config schema, its validation, and the `get_config(arg)` helpers for experiment files.
+"""The core config schema, its validation, and the `get_config(arg)` helpers for experiment files.
 
-An experiment file starts from `default_config()` and changes values; it may
-not invent keys, so a typo fails here, naming the key, before anything compiles.
+The core is what every run has: the model (and its encoder variants), data,
+training, optimizer, mesh, sampling, and how the model is adapted (PEFT,
+quantization). A task's own options live in sections the task declares
+(research/train/tasks.py: `Task.config_sections`); `task_config(name)` there
+returns this core plus them, and `validate_config` checks both. An experiment
+file starts from one of those and changes values; it may not invent keys, so a
+typo fails, naming the key, before anything compiles.
+
+This module imports no task: tasks import it.
 """
 
 import dataclasses
-import importlib.util
-import os
 
 import ml_collections
 
@@ -17,7 +22,8 @@ from research.layers.moe import check_config as check_moe_config
 from research.layers.norms import NORMS
 from research.layers.position import POSITIONS
 from research.models import ModelConfig
-from research.quant.config import validate_compression
+from research.peft.model import PeftSpec
+from research.quant.config import validate_quant
 from research.tokenizers import TOKENIZER_KINDS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -115,20 +121,7 @@ def default_config() -> ml_collections.ConfigDict:
         targets=".*",  # regex over parameter paths ('block_0/attn/query') of the weights to quantize
         exclude="embed|router",  # regex of paths kept in float (embeddings, MoE routers)
     )
-    # Knowledge distillation (train.task='distill', research.distill).
-    c.distill = dict(
-        teacher_workdir="",  # a trained teacher's workdir; its config.json gives the teacher's model
-        temperature=2.0,  # both distributions are softened by it; the KL term is scaled by T^2
-        alpha=0.5,  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * hard-label cross-entropy
-    )
-    # Instruction tuning (train.task='sft', research.train.tasks_sft) and how much of the model it trains.
-    c.sft = dict(
-        base_workdir="",  # the pretrained run fine-tuned (newest checkpoint); "" = a fresh random base
-        tasks="arithmetic,reverse,uppercase,sort,code",  # research.data.instructions kinds, comma-separated
-        num_train_examples=50_000,  # distinct training examples, cycled and reshuffled each epoch
-        eval_examples=100,  # held-out prompts whose greedy generation is checked by exact match
-        max_new_tokens=16,  # generation budget per eval prompt
-    )
+    # How much of the model a fine-tuning task trains (research.peft); the base comes from the task.
     c.peft = dict(
         method="none",  # none (every parameter) | lora | prefix | adapter (research.peft)
         rank=8,  # lora: r
@@ -138,34 +131,12 @@ def default_config() -> ml_collections.ConfigDict:
         prefix_len=8,  # prefix: learned key/value rows per attention layer
         adapter_dim=16,  # adapter: bottleneck width
     )
-    # Encoder / encoder-decoder models (research.models.encoder*) and their tasks (research.train.tasks_encoder).
+    # Encoder / encoder-decoder models (research.models.encoder*).
     c.encoder = dict(
         post_norm=False,  # BERT's norm(x + f(x)) blocks and normed embeddings; False: pre-norm + final norm
         pooling="cls",  # sentence embeddings: cls | mean (over non-padding tokens)
         relative_buckets=32,  # model.position='relative' (T5 bias): buckets, half per direction in encoders
         relative_max_distance=128,  # offsets at least this far apart share the last bucket
-    )
-    c.mlm = dict(
-        mask_rate=0.15,  # share of the real, non-special tokens that are targets
-        mask_token=0.8,  # of the targets: replaced by [MASK]
-        random_token=0.1,  # of the targets: replaced by a random token (the rest are kept)
-    )
-    c.classify = dict(
-        packages="asyncio,email,idlelib,tkinter,unittest,multiprocessing",  # stdlib packages = the classes
-        heldout_percent=20,  # files (by a hash of their path) whose snippets are eval examples
-        eval_examples=512,  # eval snippets (a fixed sample of the held-out files' chunks)
-    )
-    # Encoder-decoder tasks (research.train.tasks_seq2seq): T5 span corruption, then generated seq2seq pairs.
-    c.seq2seq = dict(
-        noise_density=0.15,  # span_corruption: share of each row's tokens hidden
-        mean_span_length=3.0,  # span_corruption: mean length of a hidden span
-        num_sentinels=32,  # ids appended after the tokenizer's vocabulary, one per hidden span of a row
-        tasks="reverse,uppercase,sort,arithmetic",  # seq2seq: research.data.instructions kinds, comma-separated
-        num_train_examples=50_000,  # seq2seq: distinct training pairs, reshuffled each epoch
-        input_len=64,  # seq2seq: encoder tokens per example (longer prompts are an error)
-        target_len=16,  # seq2seq: answer tokens + [EOS] per example
-        eval_examples=200,  # seq2seq: held-out prompts checked by exact match of greedy generations
-        max_new_tokens=16,  # seq2seq: generation budget per eval prompt
     )
     return c
 
@@ -199,25 +170,6 @@ def parse_arg(arg: str | None, **defaults):
     return out
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """'experiments/x.py[:arg]' -> validated get_config(arg), as `--config` does on the command line.
-
-    For notebooks and scripts; relative paths are taken from the repository root
-    when they don't exist from the current directory.
-    """
-    path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
-    module_spec = importlib.util.spec_from_file_location("experiment_config", path)
-    if module_spec is None or not os.path.exists(path):
-        raise ValueError(f"config file {spec.partition(':')[0]!r} not found")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-    validate(config)
-    return config
-
-
 def _check_schema(config, schema, prefix=""):
     for key, value in config.items():
         path = f"{prefix}{key}"
@@ -248,9 +200,17 @@ def _positive(config, *paths):
             raise ValueError(f"{path} must be > 0, got {config[section][key]}")
 
 
-def validate(config) -> None:
-    """Raises ValueError naming the first bad key. Cheap: runs before any compilation."""
-    _check_schema(config, default_config())
+def validate(config, sections=None) -> None:
+    """Raises ValueError naming the first bad key of the core. Cheap: runs before any compilation.
+
+    sections: {name: defaults} of the sections the run's task declares, which the
+    config may (and the task's config does) carry beside the core; their values
+    are the task's to check (research.train.tasks.validate_config does both).
+    """
+    schema = default_config()
+    for name, defaults in (sections or {}).items():
+        schema[name] = ml_collections.ConfigDict(defaults)
+    _check_schema(config, schema)
     m, d, t = config.model, config.data, config.train
     _positive(
         config,
@@ -290,13 +250,8 @@ def validate(config) -> None:
         if config.mesh[axis] == 0 or config.mesh[axis] < -1:
             raise ValueError(f"mesh.{axis} must be a positive size or -1, got {config.mesh[axis]}")
     check_moe_config(m, config.mesh)
-    validate_compression(config)
-    # Imported here: the task modules import this one.
-    from research.train.tasks import get_task
-    from research.train.tasks_sft import validate_sft
-
-    get_task(t.task)
-    validate_sft(config)
+    validate_quant(config)
+    PeftSpec.from_config(config.peft)
 
 
 def model_config(config, vocab_size: int) -> ModelConfig:

@@ -4,9 +4,7 @@ r"""Train a model, then print samples.
       --config.train.steps=200 --workdir DIR
 
 Rerunning with the same --workdir resumes from its newest checkpoint. For
-several processes (multi-host), pass --coordinator_address, --num_processes
-and --process_id, or launch where jax.distributed auto-detects the cluster
-(TPU pods, SLURM) with --distributed.
+several processes (multi-host), see research/launch.py.
 """
 
 import json
@@ -16,21 +14,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from research.launch import maybe_initialize_distributed
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file: path.py[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard, tokenizer.")
 _SAMPLE = flags.DEFINE_bool("sample", True, "Print config.sample.num_samples samples after training.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with auto-detection.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def maybe_initialize_distributed() -> None:
-    if _COORDINATOR.value is not None:
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    elif _DISTRIBUTED.value:
-        jax.distributed.initialize()
 
 
 def main(argv):

@@ -1,42 +1,19 @@
-r"""Sample from a trained workdir.
+r"""Sample from a trained workdir (any decoder run: plain, fine-tuned with PEFT, QLoRA, RL).
 
   python -m research.sample --workdir DIR --prompt "def " [--prompt "class "] \
       --max_new_tokens 200 --temperature 0.8 --top_p 0.95
 """
 
-import json
-
 import jax
 from absl import app, flags
-from etils import epath
-from ml_collections import ConfigDict
 
-from research import config as config_lib
-from research.data import load_tokenizer
 from research.decode import generate
-from research.models import DecoderLM
-from research.train import checkpoint
-from research.train.sharding import make_mesh
-from research.train.state import make_optimizer, state_shapes
-
-
-def load_model(workdir):
-    """(model, params, tokenizer, config) from the newest checkpoint in `workdir`."""
-    workdir = epath.Path(workdir)
-    if not (workdir / "config.json").exists():
-        raise ValueError(f"--workdir {workdir} holds no run (no config.json)")
-    config = ConfigDict(json.loads((workdir / "config.json").read_text()))
-    tokenizer = load_tokenizer(workdir / "tokenizer.json")
-    model = DecoderLM(config_lib.model_config(config, tokenizer.vocab_size))
-    mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1))
-    abstract, _ = state_shapes(model, make_optimizer(config.optim, config.train.steps), mesh)
-    # Only the params are read: no optimizer state, no data iterator.
-    params = checkpoint.latest_params(workdir, abstract.params)
-    return model, params, tokenizer, config
+from research.train.runs import load_run
 
 
 def print_samples(workdir, prompts, *, max_new_tokens, temperature, top_k, top_p, seed=0):
-    model, params, tokenizer, _ = load_model(workdir)
+    run = load_run(workdir, field="--workdir")  # any decoder run: plain, PEFT (LoRA merged), QLoRA
+    model, params, tokenizer = *run.for_decoding(), run.tokenizer
     encoded = [tokenizer.encode(p).tolist() for p in prompts]
     # Cap the new tokens by what the context has left (generate() refuses prompts that fill it).
     max_new_tokens = max(1, min(max_new_tokens, model.config.max_len - max(len(e) for e in encoded)))

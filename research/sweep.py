@@ -1,78 +1,39 @@
-r"""Run an experiment file's sweep: one training run per variant, then its analysis.
+r"""Run an experiment file: its stages and sweeps, one training run each, then its analysis.
 
-  python -m research.sweep --config experiments/tokenizers.py[:arg] --workdir DIR [--config.train.steps=N]
+  python -m research.sweep --config experiments/preference_frontier.py[:arg] --workdir DIR \
+      [--config.train.steps=N] [--only STAGE]
 
-The experiment file provides `get_config(arg)` (the base config, which
-`--config.*` flags override), `get_sweep(arg)` (a list of {dotted key: value}
-overrides, one per run) and optionally `analyze(workdir, runs, arg)` (writes the
-results table and plots). Each run trains in DIR/<run name>; rerunning resumes
-unfinished runs and skips finished ones.
+See research/experiment.py for what an experiment file declares (get_config,
+get_sweep or get_stages, analyze). Each run trains in its own sub-directory of
+DIR; rerunning skips finished runs and resumes unfinished ones. `--config.*`
+overrides (keys of get_config(arg)'s config) apply to every run that has the
+key. Multi-host: the same flags as research.main (research/launch.py), on every
+host.
 """
 
-import importlib.util
 import sys
 
 from absl import app, flags, logging
-from etils import epath
 from ml_collections import config_flags
+
+from research.launch import config_overrides, maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file: path.py[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "One sub-directory per run, plus the analysis.")
+_ONLY = flags.DEFINE_string("only", "", "Run just this stage (its inputs must be finished); no analysis.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def run_name(overrides: dict) -> str:
-    """{'data.tokenizer': 'bpe', 'data.vocab_size': 512} -> 'tokenizer=bpe,vocab_size=512'."""
-    return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in overrides.items()) or "base"
-
-
-def apply_overrides(config, overrides: dict):
-    config = config.copy_and_resolve_references()
-    for key, value in overrides.items():
-        section, _, name = key.rpartition(".")
-        target = config
-        for part in filter(None, section.split(".")):
-            target = target[part]
-        if name not in target:
-            raise ValueError(f"sweep override {key!r} is not a config key")
-        target[name] = value
-    return config
-
-
-def load_experiment(spec: str):
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("experiment", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module, arg or None
-
-
-def run_sweep(base_config, experiment, arg, workdir) -> list[dict]:
-    from research.train.loop import train
-
-    workdir = epath.Path(workdir)
-    runs = []
-    for overrides in experiment.get_sweep(arg):
-        name = run_name(overrides)
-        run_dir = workdir / name
-        logging.warning("sweep run %s -> %s", name, run_dir)
-        train(apply_overrides(base_config, overrides), run_dir)
-        runs.append({"name": name, "overrides": overrides, "workdir": run_dir})
-    if hasattr(experiment, "analyze"):
-        experiment.analyze(workdir, runs, arg)
-    return runs
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    experiment, arg = load_experiment(flags.FLAGS["config"].config_filename)
-    if not hasattr(experiment, "get_sweep"):
-        print(f"error: {flags.FLAGS['config'].config_filename} defines no get_sweep(arg)", file=sys.stderr)
-        sys.exit(2)
+    maybe_initialize_distributed()
+    from research.experiment import load_experiment, run_experiment  # after distributed init
+
     try:
-        run_sweep(_CONFIG.value, experiment, arg, _WORKDIR.value)
-    except ValueError as e:
+        experiment, arg = load_experiment(flags.FLAGS["config"].config_filename)
+        run_experiment(experiment, arg, _WORKDIR.value, config_overrides(), only=_ONLY.value)
+    except ValueError as e:  # config / workdir problems: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

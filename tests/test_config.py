@@ -3,7 +3,9 @@ import pathlib
 
 import pytest
 
-from research.config import default_config, load_config, model_config, parse_arg, validate
+from research.config import default_config, model_config, parse_arg, validate
+from research.experiment import load_config
+from research.train.tasks import validate_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -19,7 +21,7 @@ def test_parse_arg_types_and_errors():
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "experiments").glob("*.py")))
 def test_every_experiment_config_is_valid(path):
-    validate(load_config(path))
+    validate_config(load_config(path))
 
 
 def test_quickstart_sizes_and_bad_size():

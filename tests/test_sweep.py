@@ -1,7 +1,8 @@
 import pytest
 
-from research.config import default_config, load_config
-from research.sweep import apply_overrides, load_experiment, run_name
+from research.config import default_config
+from research.experiment import apply_overrides, load_config, load_experiment, run_name
+from research.train.tasks import validate_config
 
 
 def test_run_names_and_overrides():
@@ -15,12 +16,10 @@ def test_run_names_and_overrides():
 
 
 def test_tokenizer_experiment_sweep_is_valid():
-    from research.config import validate
-
     experiment, arg = load_experiment("experiments/tokenizers.py:steps=5")
     base = load_config("experiments/tokenizers.py:steps=5")
     sweep = experiment.get_sweep(arg)
     kinds = {s["data.tokenizer"] for s in sweep}
     assert kinds == {"byte", "char", "word", "bpe", "wordpiece", "unigram"}
     for overrides in sweep:
-        validate(apply_overrides(base, overrides))
+        validate_config(apply_overrides(base, overrides))

@@ -1,4 +1,4 @@
-"""Samplers: logits [batch, vocab] -> token ids [batch]. Pure functions, jit-friendly."""
+"""Logit filters for sampling: top-k and top-p (nucleus). Pure functions, jit-friendly."""
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +24,3 @@ def top_p_filter(logits, p: float):
     keep_sorted = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < p
     threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(logits < threshold, _NEG_INF, logits)
-
-
-def sample_logits(rng, logits, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-    """temperature 0 is greedy; otherwise top-k, then top-p, then a categorical draw."""
-    logits = logits.astype(jnp.float32)
-    if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)

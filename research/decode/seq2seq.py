@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.decode.generate import cut_at_stop, sample_loop
+from research.decode.sampler import SamplingConfig, decode_loop
 
 
 def pad_inputs(inputs: Sequence[Sequence[int]], pad_id: int):
@@ -46,15 +46,11 @@ def _init_cache(model, params, encoded, segment_ids, cache_len):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(shapes))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id")
-)
-def _generate(
-    params, inputs, segment_ids, rng, *, model, max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id
-):
+@functools.partial(jax.jit, static_argnames=("model", "config"))
+def _generate(params, inputs, segment_ids, rng, *, model, config):
     batch = inputs.shape[0]
     encoded = model.apply({"params": params}, inputs, segment_ids=segment_ids, method=model.encode)  # once
-    cache = _init_cache(model, params, encoded, segment_ids, 1 + max_new_tokens)
+    cache = _init_cache(model, params, encoded, segment_ids, 1 + config.max_new_tokens)
 
     def forward(cache, tokens, positions, target_segment_ids, context=None, context_segment_ids=None):
         logits, mutated = model.apply(
@@ -73,19 +69,8 @@ def _generate(
     start = jnp.full((batch, 1), model.config.decoder_start_id, jnp.int32)
     zeros, ones = jnp.zeros((batch, 1), jnp.int32), jnp.ones((batch, 1), jnp.int32)
     logits, cache = forward(cache, start, zeros, ones, encoded, segment_ids)  # prefill fills the cross caches
-    return sample_loop(
-        forward,  # steps: context=None, cross-attention reads its cache
-        logits,
-        cache,
-        zeros[:, 0],
-        rng,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        stop_tokens=stop_tokens,
-        pad_id=pad_id,
-    )
+    new, _ = decode_loop(forward, logits, cache, zeros[:, 0], rng, config=config)  # steps: context=None
+    return new["tokens"], new["valid"].sum(axis=1)
 
 
 def generate_seq2seq(
@@ -117,17 +102,14 @@ def generate_seq2seq(
         if bad:
             raise ValueError(f"input {i} holds token ids {bad[:5]} outside [0, model.vocab_size={c.vocab_size})")
     tokens, segment_ids = pad_inputs(inputs, pad_id)
-    out = _generate(
-        params,
-        tokens,
-        segment_ids,
-        jax.random.key(0) if rng is None else rng,
-        model=model,
-        max_new_tokens=max_new_tokens,
+    config = SamplingConfig(
+        max_new_tokens=int(max_new_tokens),
         temperature=float(temperature),
         top_k=int(top_k),
         top_p=float(top_p),
-        stop_tokens=tuple(stop_tokens),
-        pad_id=pad_id,
+        stop_tokens=tuple(int(t) for t in stop_tokens),
+        pad_id=int(pad_id),
     )
-    return cut_at_stop(out, stop_tokens)
+    out, lengths = _generate(params, tokens, segment_ids, jax.random.key(0) if rng is None else rng, model=model,
+                             config=config)  # fmt: skip
+    return [row[:n] for row, n in zip(np.asarray(out).tolist(), np.asarray(lengths).tolist(), strict=True)]

@@ -12,62 +12,61 @@ sharded too), never trained, never checkpointed; a resume reloads them from
 `distill.teacher_workdir`, which a resumed run may not change.
 """
 
-import json
-
 import jax
-import ml_collections
 import optax
-from etils import epath
 
-from research import config as config_lib
 from research.distill.loss import distillation_loss_sums, soft_kl
-from research.models import DecoderLM
-from research.train import checkpoint
-from research.train.sharding import logical_shardings, strip_boxes
+from research.train import runs
 from research.train.step import apply_with_aux, next_token_targets
 from research.train.tasks import Task, register_task
 
 
-def teacher_config(config) -> ml_collections.ConfigDict:
-    """The teacher run's config (its model and seq_len) from distill.teacher_workdir/config.json.
+def teacher_config(config):
+    """The teacher run's saved config, after checking it shares the student's tokenizer.
 
     Raises ValueError naming distill.teacher_workdir if it is not a workdir, or if
     the teacher's tokenizer differs from the student's (the logits would not align).
     """
     workdir = config.distill.teacher_workdir
-    path = epath.Path(workdir) / "config.json"
-    if not path.exists():
-        raise ValueError(f"distill.teacher_workdir={workdir!r} holds no config.json: not a training workdir")
-    saved = json.loads(path.read_text())
-    d, sd = config.data, saved["data"]
-    same_vocab = d.tokenizer == "byte" or d.vocab_size == sd["vocab_size"]
-    if sd["tokenizer"] != d.tokenizer or not same_vocab:
+    saved = runs.read_config(workdir, field="distill.teacher_workdir")
+    d, sd = config.data, saved.data
+    same_vocab = d.tokenizer == "byte" or d.vocab_size == sd.vocab_size
+    if sd.tokenizer != d.tokenizer or not same_vocab:
         raise ValueError(
-            f"distill.teacher_workdir={workdir!r} used data.tokenizer={sd['tokenizer']!r} "
-            f"(vocab_size {sd['vocab_size']}), this run data.tokenizer={d.tokenizer!r} (vocab_size {d.vocab_size}): "
+            f"distill.teacher_workdir={workdir!r} used data.tokenizer={sd.tokenizer!r} "
+            f"(vocab_size {sd.vocab_size}), this run data.tokenizer={d.tokenizer!r} (vocab_size {d.vocab_size}): "
             "teacher and student must share the tokenizer"
         )
-    teacher = config_lib.default_config()
-    model = dict(saved["model"])
-    options = model.pop("attention_options", {})
-    unknown = sorted(set(model) - set(teacher.model))
-    if unknown:
-        raise ValueError(f"distill.teacher_workdir={workdir!r}: its config has model keys this code lacks: {unknown}")
-    teacher.model.update(model)
-    teacher.model.attention_options.update({k: v for k, v in options.items() if k in teacher.model.attention_options})
-    teacher.data.seq_len = sd["seq_len"]
-    return teacher
+    return saved
+
+
+DISTILL_SECTION = dict(
+    teacher_workdir="",  # a trained teacher's workdir; its config.json gives the teacher's model
+    temperature=2.0,  # both distributions are softened by it; the KL term is scaled by T^2
+    alpha=0.5,  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * hard-label cross-entropy
+)
 
 
 @register_task("distill")
 class DistillTask(Task):
     """Next-token LM whose targets are the teacher's softened distributions (see research.distill.loss)."""
 
+    config_sections = {"distill": DISTILL_SECTION}
     resume_must_match = ("distill.teacher_workdir",)
+
+    @classmethod
+    def validate_config(cls, config) -> None:
+        d = config.distill
+        if d.temperature <= 0:
+            raise ValueError(f"distill.temperature must be > 0, got {d.temperature}")
+        if not 0.0 <= d.alpha <= 1.0:
+            raise ValueError(f"distill.alpha (the soft-label weight) must be in [0, 1], got {d.alpha}")
+        if not d.teacher_workdir:
+            raise ValueError("train.task='distill' needs distill.teacher_workdir: the workdir of a trained teacher")
 
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
-        self.teacher = DecoderLM(config_lib.model_config(teacher_config(config), tokenizer.vocab_size))
+        self.teacher = runs.adapted_model(teacher_config(config), tokenizer.vocab_size)  # any decoder run, PEFT too
         if self.teacher.config.max_len < config.data.seq_len:
             raise ValueError(
                 f"the teacher in distill.teacher_workdir={config.distill.teacher_workdir!r} handles "
@@ -75,21 +74,14 @@ class DistillTask(Task):
             )
 
     def frozen_params(self, mesh):
-        """The teacher's newest parameters, restored straight into their shardings on `mesh`."""
-        boxed = jax.eval_shape(lambda: self.teacher.init(jax.random.key(0), **self.init_inputs())["params"])
-        shardings = logical_shardings(boxed, mesh)
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(boxed), shardings
-        )
-        try:
-            return checkpoint.latest_params(self.config.distill.teacher_workdir, abstract)
-        except ValueError as e:
-            raise ValueError(f"distill.teacher_workdir: {e}") from None
+        """The teacher (research/train/runs.py: its newest parameters, and its base if it is a PEFT run),
+        restored straight into their shardings on `mesh`."""
+        return runs.load_run(self.config.distill.teacher_workdir, mesh, field="distill.teacher_workdir").params_dict()
 
     def _logits(self, params, frozen, batch):
         inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
         student, aux, metrics = apply_with_aux(self.model.apply, {"params": params}, batch["tokens"], **inputs)
-        teacher = self.teacher.apply({"params": frozen}, batch["tokens"], **inputs)
+        teacher = self.teacher.apply({"params": frozen}, batch["tokens"], **inputs)  # frozen: trainable + base
         return student, jax.lax.stop_gradient(teacher), aux, metrics
 
     def loss(self, params, frozen, batch, rng):

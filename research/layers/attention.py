@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from research.attention import cached_attention, get_attention, get_decode_mask
+from research.attention.prefix import with_prefix, with_prefix_cached
 from research.layers.position import apply_rope
-from research.peft.prefix import with_prefix, with_prefix_cached
 
 
 class Attention(nn.Module):
@@ -71,7 +71,7 @@ class Attention(nn.Module):
                         f"model.attention={self.attention!r} takes no additive bias (relative positions); use 'dense'"
                     )
                 extra["bias"] = bias
-            if self.has_variable("prefix", "key"):  # prefix tuning: learned keys/values (research/peft/prefix.py)
+            if self.has_variable("prefix", "key"):  # prefix tuning: learned keys/values (research/attention/prefix.py)
                 attend = with_prefix(attend, **self.variables["prefix"])
             out = attend(q, k, v, causal=self.causal, segment_ids=segment_ids, **extra)
         out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
@@ -116,6 +116,6 @@ class Attention(nn.Module):
         if pattern is not None:
             mask = mask & pattern(positions[:, :, None], cached_pos.value[:, None, :])  # [b, q, cache]
         attend = cached_attention
-        if self.has_variable("prefix", "key"):  # prefix tuning: learned keys/values (research/peft/prefix.py)
+        if self.has_variable("prefix", "key"):  # prefix tuning: learned keys/values (research/attention/prefix.py)
             attend = with_prefix_cached(attend, **self.variables["prefix"])
         return attend(q, cached_k.value, cached_v.value, mask[:, None], bias=bias)

@@ -10,6 +10,9 @@ from research.layers import MLP, Attention, make_norm, sinusoidal_embedding
 from research.layers.moe import MoE
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
+# What DecoderLM returns: next-token logits, the final (normed) hidden states, or a scalar per position
+# from a Dense(1) head on them (a reward model's score, a PPO value head).
+HEADS = ("logits", "hidden", "scalar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +108,20 @@ class DecoderLM(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, *, positions=None, segment_ids=None, decode: bool = False):
-        """tokens: [batch, len] int -> logits [batch, len, vocab] float32.
+    def __call__(self, tokens, *, positions=None, segment_ids=None, decode: bool = False, head="logits"):
+        """tokens: [batch, len] int -> logits [batch, len, vocab] float32 (head="logits").
 
         positions: [batch, len], index within each packed segment (default 0..len-1).
         segment_ids: [batch, len], packed documents attend only within themselves; 0 = padding.
         decode: use and update the KV cache in the "cache" collection.
+        head: one of HEADS -> that output; a tuple of them -> {name: output}. "hidden" is
+        [batch, len, d_model], "scalar" [batch, len] (its parameters, "scalar_head", exist only
+        in models initialised with it, and train.init_from leaves them fresh).
         """
         c = self.config
+        heads = (head,) if isinstance(head, str) else tuple(head)
+        if not heads or any(h not in HEADS for h in heads):
+            raise ValueError(f"head={head!r}; choose from {HEADS} (or a tuple of them)")
         if c.position == "relative":
             raise ValueError("model.position='relative' (T5 bias) is for encoder and encoder-decoder models")
         if positions is None:
@@ -138,6 +147,17 @@ class DecoderLM(nn.Module):
         for i in range(c.num_layers):
             x = Block(c, index=i, name=f"block_{i}")(x, positions, segment_ids, decode)
         x = make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, name="final_norm")(x)
+        out = {}
+        if "hidden" in heads:
+            out["hidden"] = x.astype(jnp.float32)
+        if "scalar" in heads:
+            out["scalar"] = scalar_head(c, x)
+        if "logits" in heads:
+            out["logits"] = self._logits(embed, x)
+        return out[head] if isinstance(head, str) else out
+
+    def _logits(self, embed, x):
+        c = self.config
         if c.tie_embeddings:
             # Unit-variance embeddings make tied logits too large at init; scale by 1/sqrt(d).
             logits = embed.attend(x)
@@ -150,6 +170,20 @@ class DecoderLM(nn.Module):
             )(x)
         logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
         return logits.astype(jnp.float32)
+
+
+def scalar_head(c: ModelConfig, x):
+    """Dense(d_model -> 1) on the last axis, float32 without it: a score per position (or per sequence).
+
+    Called from a compact module's __call__, so its parameters ("scalar_head") belong to that module.
+    Small init (std 0.02 over unit-RMS features): scores and values start near 0.
+    """
+    kernel = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("embed", None))
+    bias = nn.with_logical_partitioning(nn.initializers.zeros, (None,))
+    dense = nn.Dense(
+        1, kernel_init=kernel, bias_init=bias, dtype=c.dtype, param_dtype=c.param_dtype, name="scalar_head"
+    )
+    return dense(x)[..., 0].astype(jnp.float32)
 
 
 def init_params(model: DecoderLM, rng: jax.Array, batch: int = 1):

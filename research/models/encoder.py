@@ -8,6 +8,8 @@ which adds cross-attention. Heads on top of the encoder:
   classify  sequence-classification logits [b, num_labels] from the pooled [CLS]
   embed     sentence embeddings [b, d]: the [CLS] hidden state, or the mean over non-padding tokens
   hidden    the encoder output [b, len, d]
+  scalar    one score per sequence [b] (a reward model), Dense(1) on the sentence embedding; its
+            parameters exist only in models initialised with it ("all" leaves it out)
 """
 
 import dataclasses
@@ -19,9 +21,10 @@ import numpy as np
 
 from research.attention import cached_attention, get_attention
 from research.layers import MLP, Attention, RelativePositionBias, make_norm, sinusoidal_embedding
-from research.models.decoder import ACT, ModelConfig
+from research.models.decoder import ACT, ModelConfig, scalar_head
 
-HEADS = ("mlm", "pooled", "classify", "embed", "hidden", "all")
+HEADS = ("mlm", "pooled", "classify", "embed", "hidden", "scalar", "all")
+_ALL = ("mlm", "pooled", "classify", "embed", "hidden")  # head="all": the heads Hugging Face checkpoints carry
 POOLINGS = ("cls", "mean")
 
 
@@ -268,17 +271,19 @@ class EncoderModel(nn.Module):
             )(token_types)
         x = Stack(c, c.num_layers, causal=False, post_norm=c.post_norm, name="encoder")(x, positions, segment_ids)
         out = {"hidden": x}
-        want = HEADS if head == "all" else (head,)
+        want = _ALL if head == "all" else (head,)
         if {"pooled", "classify"} & set(want):
             out["pooled"] = jnp.tanh(_dense(c.d_model, ("embed", None), "pooler", c)(x[:, 0]))  # [CLS]
         if "classify" in want:
             out["classify"] = _dense(c.num_labels, ("embed", None), "classifier", c)(out["pooled"])
-        if "embed" in want:
+        if {"embed", "scalar"} & set(want):
             if c.pooling == "cls":
                 out["embed"] = x[:, 0]
             else:
                 keep = (segment_ids != 0)[..., None].astype(x.dtype)  # [b, len, 1]
                 out["embed"] = (x * keep).sum(1) / jnp.maximum(keep.sum(1), 1)
+        if "scalar" in want:
+            out["scalar"] = scalar_head(c, out["embed"])
         if "mlm" in want:
             h = _ACTIVATIONS[c.ffn](_dense(c.d_model, ("embed", None), "mlm_dense", c)(x))
             h = make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, name="mlm_norm")(h)

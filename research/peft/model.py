@@ -1,18 +1,20 @@
 """One entry point over the PEFT methods: config -> trainable tree -> the variables a model runs with.
 
     spec = PeftSpec.from_config(config.peft)
-    trainable = init_trainable(spec, model, base_params, init_inputs, rng)   # the only thing trained
-    logits = peft_apply(spec, model, base, trainable, tokens, ...)            # base + method
-    generate(PeftModel(model, spec), {"base": base, "peft": trainable}, prompts, ...)
+    adapted = AdaptedModel(model, spec)                      # + quantized=True for QLoRA, heads=... for RM/PPO
+    trainable = adapted.init_trainable(rng, tokens)          # the only thing trained
+    logits = adapted.apply({"params": {"trainable": trainable, "base": base}}, tokens, ...)
+    generate(*adapted.for_decoding(trainable, base), prompts, ...)
 
 Methods: "none" (the trainable tree is the full parameter tree, no base), "lora",
-"prefix", "adapter".
+"prefix", "adapter". research/train/runs.py loads such a model from a run's workdir.
 """
 
 import contextlib
 import dataclasses
 
 import flax.linen as nn
+import jax
 
 from research.peft import adapters as adapters_lib
 from research.peft import lora as lora_lib
@@ -81,33 +83,112 @@ def context(spec: PeftSpec):
     return nn.intercept_methods(adapters_lib.interceptor) if spec.method == "adapter" else contextlib.nullcontext()
 
 
-def peft_apply(spec: PeftSpec, model: nn.Module, base, trainable, *args, rng=None, **kwargs):
-    """model.apply with the method in place; extra keyword arguments (mutable=...) go to apply."""
-    with context(spec):
-        return model.apply(variables(spec, base, trainable, rng), *args, **kwargs)
+# Parameters a PEFT run trains in full beside its method's tree: heads the base does not have
+# (a reward model's score, PPO's value head), always freshly initialised.
+HEAD_PARAMS = ("scalar_head",)
 
 
 @dataclasses.dataclass(frozen=True)
-class PeftModel:
-    """Looks like the base model to research.decode: `config`, `init`, `apply`.
+class AdaptedModel:
+    """A base model and how a run adapts it: the one way every task, evaluator and CLI runs such a model.
 
-    Its params are {"base": ..., "peft": ...}; LoRA is merged at each apply
-    (merge once with `lora.merge` and pass the plain model instead when
-    generating a lot). Hashable, as a jit static argument must be.
+    Its params are {"trainable": the run's trained tree, "base": the frozen base (None for method
+    "none", whose trainable tree is the whole model)}. With a quantized base (QLoRA) the base is a
+    tree of QTensors and the model dequantizes the weights it reads. `heads` are the DecoderLM heads
+    its parameters include ("logits", "scalar"); a head the base lacks is trained in full.
+
+    Looks like the base model to research.decode (`config`, `init`, `apply`), and is hashable,
+    as a jit static argument must be. For fast decoding merge LoRA first (`for_decoding`).
     """
 
     model: nn.Module
-    spec: PeftSpec
+    spec: PeftSpec = PeftSpec()
+    quantized: bool = False
+    heads: tuple[str, ...] = ("logits",)
 
     @property
     def config(self):
         return self.model.config
 
+    @property
+    def adapts(self) -> bool:
+        return self.spec.method != "none"
+
+    # --- Parameters. ---
+    def init_base(self, rng, tokens):
+        """Boxed parameters of the whole model with its heads (the trainable tree of method "none")."""
+        return self.model.init(rng, tokens, head=self.heads)["params"]
+
+    def init_trainable(self, rng, tokens):
+        """Boxed fresh trainable tree: the whole model, or the method's tree plus fresh heads."""
+        if not self.adapts:
+            return self.init_base(rng, tokens)
+        base = jax.eval_shape(self.init_base, jax.random.key(0), tokens)  # shapes and logical names only
+        core = {k: v for k, v in base.items() if k not in HEAD_PARAMS}
+        trainable = init_trainable(self.spec, self.model, core, {"tokens": tokens}, rng)
+        heads = {k: v for k, v in self.init_base(rng, tokens).items() if k in HEAD_PARAMS}
+        return {**trainable, **heads}
+
+    def variables(self, trainable, base, rng=None) -> dict:
+        """model.apply's variables for the adapted model (rng: LoRA dropout, training only)."""
+        if not self.adapts:
+            return {"params": trainable}
+        trainable = dict(trainable)
+        heads = {k: trainable.pop(k) for k in HEAD_PARAMS if k in trainable}
+        if self.quantized:
+            from research.quant.qlora import qlora_params
+
+            s = self.spec
+            out = {"params": qlora_params(base, trainable, alpha=s.alpha, dropout=s.dropout, rng=rng)}
+        else:
+            out = variables(self.spec, base, trainable, rng)
+        return {**out, "params": {**out["params"], **heads}}
+
+    def _runner(self) -> nn.Module:
+        if self.quantized:
+            from research.quant.transform import quantized_model
+
+            return quantized_model(self.model)
+        return self.model
+
+    # --- Running it. ---
     def init(self, rng, *args, **kwargs):
         return self.model.init(rng, *args, **kwargs)
 
-    def apply(self, variables_in, *args, **kwargs):
+    def apply(self, variables_in, *args, rng=None, **kwargs):
+        """model.apply with variables_in = {"params": {"trainable": ..., "base": ...}, other collections...}."""
         extra = dict(variables_in)
         params = extra.pop("params")
         with context(self.spec):
-            return self.model.apply({**extra, **variables(self.spec, params["base"], params["peft"])}, *args, **kwargs)
+            return self._runner().apply(
+                {**extra, **self.variables(params["trainable"], params["base"], rng)}, *args, **kwargs
+            )
+
+    def apply_base(self, base, *args, **kwargs):
+        """The base alone, unadapted: with PEFT, the reference model of preference tuning comes free."""
+        if not self.adapts:
+            raise ValueError("peft.method='none': the run trains the whole model; it has no frozen base to apply")
+        return self._runner().apply({"params": base}, *args, **kwargs)
+
+    def merged_params(self, trainable, base):
+        """The whole model's plain parameters: the trained tree, or base + LoRA merged (dequantized)."""
+        if not self.adapts:
+            return trainable
+        if self.spec.method != "lora":
+            raise ValueError(
+                f"peft.method={self.spec.method!r} adds layers the base model lacks: it has no merged parameters "
+                "(only LoRA merges into the base)"
+            )
+        if self.quantized:
+            from research.quant.transform import dequantize_params
+
+            base = dequantize_params(base)
+        trainable = dict(trainable)
+        heads = {k: trainable.pop(k) for k in HEAD_PARAMS if k in trainable}
+        return {**lora_lib.merge(base, trainable, alpha=self.spec.alpha), **heads}
+
+    def for_decoding(self, trainable, base):
+        """(model, params) to decode with fastest: the plain model on merged parameters where they exist."""
+        if not self.adapts or self.spec.method == "lora":
+            return self.model, jax.jit(self.merged_params)(trainable, base)
+        return self, {"trainable": trainable, "base": base}

@@ -1,4 +1,4 @@
-"""Validation of the compression sections of the config: `config.quant` and `config.distill`.
+"""Validation of the `config.quant` section.
 
 Called once from research.config.validate, so bad values fail before anything compiles.
 """
@@ -17,7 +17,7 @@ def _regex(path, pattern):
         raise ValueError(f"{path}={pattern!r} is not a valid regular expression ({e})") from None
 
 
-def validate_compression(config) -> None:
+def validate_quant(config) -> None:
     q, m = config.quant, config.model
     if q.format not in QUANT_FORMATS:
         raise ValueError(f"quant.format={q.format!r}; choose one of {list(QUANT_FORMATS)}")
@@ -34,10 +34,3 @@ def validate_compression(config) -> None:
         for name, dim in (("model.d_model", m.d_model), ("model.mlp_dim", mlp_dim)):
             if q.format != "none" and dim % q.group_size:
                 raise ValueError(f"quant.group_size={q.group_size} does not divide {name}={dim}")
-    d = config.distill
-    if d.temperature <= 0:
-        raise ValueError(f"distill.temperature must be > 0, got {d.temperature}")
-    if not 0.0 <= d.alpha <= 1.0:
-        raise ValueError(f"distill.alpha (the soft-label weight) must be in [0, 1], got {d.alpha}")
-    if config.train.get("task", "lm") == "distill" and not d.teacher_workdir:
-        raise ValueError("train.task='distill' needs distill.teacher_workdir: the workdir of a trained teacher")

@@ -181,6 +181,23 @@ def init_from(workdir, params):
     return jax.tree_util.tree_map_with_path(lambda p, leaf: flat_loaded.get(jax.tree_util.keystr(p), leaf), params)
 
 
+def latest_step(workdir) -> int | None:
+    """The newest committed checkpoint step in `workdir`, or None (no checkpoints, or no workdir)."""
+    workdir = absolute(workdir)
+    if not (workdir / "checkpoints").exists():
+        return None
+    manager = _params_reader(workdir)
+    step = manager.latest_step()
+    manager.close()
+    return step
+
+
+def finished(workdir, steps: int) -> bool:
+    """Whether `workdir` holds a run whose newest checkpoint is at or past `steps`."""
+    step = latest_step(workdir)
+    return step is not None and step >= steps
+
+
 def _params_reader(workdir) -> ocp.CheckpointManager:
     """A read-only manager over `workdir`'s checkpoints that knows the state item is a pytree."""
     return ocp.CheckpointManager(

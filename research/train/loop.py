@@ -1,7 +1,9 @@
 """The training loop: one function, cut into sections.
 
-config -> tokenizer, model, mesh -> sharded state (fresh or restored) ->
-jit(train_step) -> loop with logging, eval and checkpoints.
+config -> tokenizer, task, mesh -> sharded state (fresh or restored) ->
+jit(train_step) -> loop with logging, eval and checkpoints. Each step's batch
+comes from the task's batch source, which sees the current state (on-policy RL
+samples from it; everything else reads a data iterator).
 """
 
 import functools
@@ -13,16 +15,16 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
-from research import config as config_lib
 from research.data.pipeline import document_texts
 from research.tokenizers import ByteTokenizer, load_tokenizer, train_tokenizer
 from research.train import checkpoint
 from research.train.metrics import MetricsWriter
 from research.train.report import write_report
-from research.train.sharding import LOGICAL_RULES, batch_sharding, make_mesh, mesh_shape
+from research.train.sharding import LOGICAL_RULES, make_mesh, mesh_shape
+from research.train.sources import to_global
 from research.train.state import count_params, create_train_state, learning_rate_schedule, make_optimizer, state_shapes
 from research.train.step import eval_step, train_step
-from research.train.tasks import data_spec, get_task
+from research.train.tasks import data_spec, get_task, validate_config
 
 
 def workdir_tokenizer(config, workdir):
@@ -56,16 +58,16 @@ def check_batch_fits_mesh(config, num_devices: int) -> None:
         raise ValueError(f"model.moe_num_experts={experts} must be divisible by mesh.expert={sizes['expert']}")
 
 
-def _to_global(batch: dict, sharding) -> dict:
-    """This process's rows -> one global jax.Array per key, laid out by `sharding`."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+def evaluate(eval_fn, params, frozen, batches, mesh) -> dict:
+    """Sums every batch's {"loss_sum", "count", other sums...}; reports each sum per count.
 
-
-def evaluate(eval_fn, params, frozen, batches, sharding) -> dict:
-    """Sums every batch's {"loss_sum", "count", other sums...}; reports each sum per count."""
+    No batches (tasks evaluated by sampling, e.g. RL): {}.
+    """
+    if not batches:
+        return {}
     totals: dict[str, float] = {}
     for batch in batches:
-        out = jax.device_get(eval_fn(params, _to_global(batch, sharding), frozen))
+        out = jax.device_get(eval_fn(params, to_global(batch, mesh), frozen))
         for k, v in out.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     count = max(totals.pop("count"), 1.0)
@@ -94,7 +96,7 @@ def _window_means(window: list[dict]) -> dict:
 def train(config, workdir) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
     # --- Validate everything before compiling or writing anything. ---
-    config_lib.validate(config)
+    validate_config(config)
     workdir = epath.Path(workdir)
     check_batch_fits_mesh(config, jax.device_count())
     task_cls = get_task(config.train.task)
@@ -111,7 +113,7 @@ def train(config, workdir) -> dict:
     tx = make_optimizer(config.optim, t.steps)
     workdir.mkdir(parents=True, exist_ok=True)
     manager = checkpoint.make_manager(workdir, keep=t.keep_checkpoints, async_checkpointing=t.async_checkpointing)
-    data_sharding = batch_sharding(mesh)
+    source = task.batch_source(train_iter, mesh)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         abstract_state, state_sharding = state_shapes(task.model, tx, mesh, init_fn=task.init_params)
@@ -119,17 +121,17 @@ def train(config, workdir) -> dict:
         start = manager.latest_step()
         if start is None:
             state, _ = create_train_state(task.model, tx, mesh, jax.random.key(t.seed), init_fn=task.init_params)
-            if t.init_from:
-                state = state.replace(params=checkpoint.init_from(t.init_from, state.params))
+            state = state.replace(params=task.initial_params(state.params, frozen))
             start = 0
         else:
-            state = checkpoint.restore(manager, start, abstract_state, train_iter)
+            state = checkpoint.restore(manager, start, abstract_state, source.iterator)
         checkpoint.save_config(workdir, config)
         if jax.process_index() == 0:
             tokenizer.save(workdir / "tokenizer.json")
 
+        # Inputs keep the shardings they carry (the state's from its logical rules, batch leaves by
+        # rank, see research.train.sources); outputs are pinned so the donated state keeps its layout.
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        frozen_sharding = jax.tree.map(lambda x: x.sharding, frozen)
         p_train = jax.jit(
             functools.partial(
                 train_step,
@@ -138,15 +140,10 @@ def train(config, workdir) -> dict:
                 loss_fn=task.loss,
                 seed=t.seed,
             ),
-            in_shardings=(state_sharding, data_sharding, frozen_sharding),
             out_shardings=(state_sharding, replicated),
             donate_argnums=0,
         )
-        p_eval = jax.jit(
-            functools.partial(eval_step, sums_fn=task.eval_sums),
-            in_shardings=(state_sharding.params, data_sharding, frozen_sharding),
-            out_shardings=replicated,
-        )
+        p_eval = jax.jit(functools.partial(eval_step, sums_fn=task.eval_sums), out_shardings=replicated)
 
         # --- Loop. ---
         writer = MetricsWriter(workdir)
@@ -159,7 +156,7 @@ def train(config, workdir) -> dict:
                     "processes": jax.process_count(),
                 },
             )
-        tokens_per_step = t.batch_size * config.data.seq_len
+        tokens_per_step = task.tokens_per_step()
         last, window, timed_steps, window_start = {}, [], 0, time.perf_counter()
         bar = tqdm(
             range(start, t.steps),
@@ -170,7 +167,7 @@ def train(config, workdir) -> dict:
             dynamic_ncols=True,
         )
         for step in bar:
-            batch = _to_global(next(train_iter), data_sharding)
+            batch = source.next_batch(state, frozen)
             state, metrics = p_train(state, batch, frozen)
             window.append(metrics)  # device arrays: no host sync until we log
             timed_steps += 1
@@ -186,9 +183,11 @@ def train(config, workdir) -> dict:
                     "grad_norm": float(np.mean([m["grad_norm"] for m in window])),
                     "learning_rate": float(window[-1]["learning_rate"]),
                     "tokens_per_sec": timed_steps * tokens_per_step / elapsed if timed_steps else None,
+                    **source.pop_metrics(),  # e.g. an RL source's rollout reward, KL, lengths, timings
                 }
                 writer.write(done, last)
-                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_sec'] or 0:.0f}")
+                shown = {k: f"{last[k]:.3f}" for k in ("loss", "reward", "kl") if isinstance(last.get(k), float)}
+                bar.set_postfix(**shown, tok_s=f"{last['tokens_per_sec'] or 0:.0f}")
                 window, timed_steps, window_start = [], 0, time.perf_counter()
             evaluating = done % t.eval_every == 0 or done == t.steps
             saving = done % t.checkpoint_every == 0 or done == t.steps
@@ -198,12 +197,12 @@ def train(config, workdir) -> dict:
                 jax.block_until_ready(state)
                 paused = time.perf_counter()
                 if evaluating:
-                    eval_metrics = evaluate(p_eval, state.params, frozen, eval_batches, data_sharding)
+                    eval_metrics = evaluate(p_eval, state.params, frozen, eval_batches, mesh)
                     eval_metrics.update(task.evaluate(state.params, frozen))
                     writer.write(done, eval_metrics)
                     last.update(eval_metrics)
                 if saving:
-                    checkpoint.save(manager, done, state, train_iter, force=True)
+                    checkpoint.save(manager, done, state, source.iterator, force=True)
                 window_start += time.perf_counter() - paused
         manager.wait_until_finished()
         manager.close()

@@ -62,8 +62,23 @@ def mlm_corrupt(rng, tokens, segment_ids, *, rate, mask_token, random_token, mas
     return inputs, targets.astype(jnp.float32)
 
 
+MLM_SECTION = dict(
+    mask_rate=0.15,  # share of the real, non-special tokens that are targets
+    mask_token=0.8,  # of the targets: replaced by [MASK]
+    random_token=0.1,  # of the targets: replaced by a random token (the rest are kept)
+)
+CLASSIFY_SECTION = dict(
+    packages="asyncio,email,idlelib,tkinter,unittest,multiprocessing",  # stdlib packages = the classes
+    heldout_percent=20,  # files (by a hash of their path) whose snippets are eval examples
+    eval_examples=512,  # eval snippets (a fixed sample of the held-out files' chunks)
+)
+
+
 class _EncoderTask(Task):
+    # Both tasks build the same EncoderModel (num_labels from classify.packages), so both carry both sections.
+    config_sections = {"mlm": MLM_SECTION, "classify": CLASSIFY_SECTION}
     samples_after_training = False
+    decoder = False
 
     def build_model(self):
         return EncoderModel(encoder_model_config(self.config, self.tokenizer.vocab_size))
@@ -77,7 +92,8 @@ class _EncoderTask(Task):
 class MLMTask(_EncoderTask):
     """Masked-LM pretraining on the packed text of config.data; see the module docstring."""
 
-    def __init__(self, config, tokenizer):
+    @classmethod
+    def validate_config(cls, config) -> None:
         m = config.mlm
         if not 0 < m.mask_rate < 1:
             raise ValueError(f"mlm.mask_rate={m.mask_rate} must be in (0, 1)")
@@ -85,6 +101,9 @@ class MLMTask(_EncoderTask):
             raise ValueError(
                 f"mlm.mask_token={m.mask_token} and mlm.random_token={m.random_token} must be >= 0 with sum <= 1"
             )
+
+    def __init__(self, config, tokenizer):
+        self.validate_config(config)
         super().__init__(config, tokenizer)
 
     def _sums(self, params, batch, rng):

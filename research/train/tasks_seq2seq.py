@@ -108,8 +108,24 @@ class _CorruptedRows(grain.DatasetIterator):
         self._parent.set_state(state)
 
 
+SEQ2SEQ_SECTION = dict(
+    noise_density=0.15,  # span_corruption: share of each row's tokens hidden
+    mean_span_length=3.0,  # span_corruption: mean length of a hidden span
+    num_sentinels=32,  # ids appended after the tokenizer's vocabulary, one per hidden span of a row
+    tasks="reverse,uppercase,sort,arithmetic",  # seq2seq: research.data.instructions kinds, comma-separated
+    num_train_examples=50_000,  # seq2seq: distinct training pairs, reshuffled each epoch
+    input_len=64,  # seq2seq: encoder tokens per example (longer prompts are an error)
+    target_len=16,  # seq2seq: answer tokens + [EOS] per example
+    eval_examples=200,  # seq2seq: held-out prompts checked by exact match of greedy generations
+    max_new_tokens=16,  # seq2seq: generation budget per eval prompt
+)
+
+
 class _Seq2SeqBase(Task):
+    # Both tasks build the same EncoderDecoder (vocabulary + seq2seq.num_sentinels), so both carry the section.
+    config_sections = {"seq2seq": SEQ2SEQ_SECTION}
     samples_after_training = False
+    decoder = False
 
     def build_model(self):
         return EncoderDecoder(seq2seq_model_config(self.config, self.tokenizer.vocab_size))

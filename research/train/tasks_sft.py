@@ -14,97 +14,35 @@ What is trained (config.peft.method):
 - "lora" / "prefix" / "adapter": only the method's tree is the run's params
   (optimizer state and checkpoints hold nothing else); the base is `frozen`,
   read from sft.base_workdir's newest checkpoint at every start, resume
-  included. The base's config must describe the same model as this run's: any
-  difference is an error naming the field. The workdir's config.json keeps
-  the reference (sft.base_workdir) and resuming with another one is refused.
+  included (research/train/runs.py; a PEFT base run is merged first). The
+  base's config must describe the same model as this run's: any difference is
+  an error naming the field. The workdir's config.json keeps the reference
+  (sft.base_workdir) and resuming with another one is refused.
 """
-
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from etils import epath
 
 from research.data import instructions
 from research.decode import generate
-from research.peft import lora as lora_lib
 from research.peft import model as peft_lib
-from research.quant.qlora import qlora_params
-from research.quant.transform import dequantize_params, quantize_params_from_config, quantized_model
-from research.tokenizers import load_tokenizer
-from research.train import checkpoint
-from research.train.sharding import logical_shardings, strip_boxes
+from research.train import runs
 from research.train.step import apply_with_aux, next_token_targets, objective_sums
 from research.train.tasks import Task, register_task
 
-
-def validate_sft(config) -> None:
-    """Checks config.sft and config.peft (called by research.config.validate). Raises ValueError naming the key."""
-    if "sft" not in config or "peft" not in config:  # a config from before these sections existed
-        return
-    spec = peft_lib.PeftSpec.from_config(config.peft)
-    s = config.sft
-    instructions.check_kinds(_kinds(s.tasks))
-    for key in ("num_train_examples", "eval_examples", "max_new_tokens"):
-        if s[key] < (0 if key == "eval_examples" else 1):
-            raise ValueError(f"sft.{key}={s[key]} must be positive")
-    if config.train.task != "sft":
-        return
-    if spec.method == "prefix" and config.model.attention != "dense":
-        raise ValueError(
-            f"peft.method='prefix' needs an attention variant that takes an explicit mask; "
-            f"model.attention={config.model.attention!r}, use 'dense'"
-        )
-    init_from = config.train.init_from
-    if spec.method == "none" and s.base_workdir and init_from != s.base_workdir:
-        raise ValueError(
-            f"peft.method='none' trains every parameter, loaded by train.init_from: set train.init_from="
-            f"{s.base_workdir!r} (sft.base_workdir), got {init_from!r}"
-        )
-    if config.quant.format != "none" and spec.method != "lora":
-        raise ValueError(
-            f"quant.format={config.quant.format!r} quantizes the frozen base of QLoRA: it needs "
-            f"peft.method='lora', got {spec.method!r}"
-        )
-    if spec.method != "none" and init_from:
-        raise ValueError(
-            f"peft.method={spec.method!r} keeps the base frozen, read from sft.base_workdir; "
-            f"train.init_from={init_from!r} must be empty"
-        )
+SFT_SECTION = dict(
+    base_workdir="",  # the pretrained run fine-tuned (newest checkpoint); "" = a fresh random base
+    tasks="arithmetic,reverse,uppercase,sort,code",  # research.data.instructions kinds, comma-separated
+    num_train_examples=50_000,  # distinct training examples, cycled and reshuffled each epoch
+    eval_examples=100,  # held-out prompts whose greedy generation is checked by exact match
+    max_new_tokens=16,  # generation budget per eval prompt
+)
 
 
 def _kinds(tasks: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in tasks.split(",") if k.strip())
-
-
-def check_base(config, tokenizer) -> None:
-    """Raises ValueError naming every model field where sft.base_workdir's run differs from this config."""
-    base = config.sft.base_workdir
-    path = epath.Path(base) / "config.json"
-    if not path.exists():
-        raise ValueError(f"sft.base_workdir={base!r} holds no run (no config.json)")
-    saved = json.loads(path.read_text())
-    diffs = [
-        f"model.{k}: base {saved['model'][k]!r}, this run {v!r}"
-        for k, v in config.model.to_dict().items()
-        if k in saved.get("model", {}) and saved["model"][k] != v
-    ]
-    for key in ("tokenizer", "vocab_size") if config.data.tokenizer != "byte" else ("tokenizer",):
-        if saved.get("data", {}).get(key) != config.data[key]:
-            diffs.append(f"data.{key}: base {saved.get('data', {}).get(key)!r}, this run {config.data[key]!r}")
-    if diffs:
-        raise ValueError(
-            f"sft.base_workdir={base!r} was trained with another model than this config describes; "
-            f"fine-tuning needs the same one. Differences: {'; '.join(diffs)}"
-        )
-    saved_tokenizer = epath.Path(base) / "tokenizer.json"
-    if saved_tokenizer.exists():
-        other = load_tokenizer(saved_tokenizer)
-        probe = "def f(x):\n    return x + 1  # ok"
-        if other.vocab_size != tokenizer.vocab_size or list(other.encode(probe)) != list(tokenizer.encode(probe)):
-            raise ValueError(f"sft.base_workdir={base!r} has another tokenizer than this run's")
 
 
 def sft_targets(batch):
@@ -118,16 +56,48 @@ def sft_targets(batch):
 class SFTTask(Task):
     """Instruction tuning; see the module docstring."""
 
+    config_sections = {"sft": SFT_SECTION}
     resume_must_match = ("peft", "quant", "sft.base_workdir", "sft.tasks", "sft.num_train_examples")
-    samples_after_training = False  # a PEFT checkpoint is not a whole model; eval reports exact match
+    adapts_base = True
+
+    @classmethod
+    def validate_config(cls, config) -> None:
+        spec = peft_lib.PeftSpec.from_config(config.peft)
+        s = config.sft
+        instructions.check_kinds(_kinds(s.tasks))
+        for key in ("num_train_examples", "eval_examples", "max_new_tokens"):
+            if s[key] < (0 if key == "eval_examples" else 1):
+                raise ValueError(f"sft.{key}={s[key]} must be positive")
+        if spec.method == "prefix" and config.model.attention != "dense":
+            raise ValueError(
+                f"peft.method='prefix' needs an attention variant that takes an explicit mask; "
+                f"model.attention={config.model.attention!r}, use 'dense'"
+            )
+        init_from = config.train.init_from
+        if spec.method == "none" and s.base_workdir and init_from != s.base_workdir:
+            raise ValueError(
+                f"peft.method='none' trains every parameter, loaded by train.init_from: set train.init_from="
+                f"{s.base_workdir!r} (sft.base_workdir), got {init_from!r}"
+            )
+        if config.quant.format != "none" and spec.method != "lora":
+            raise ValueError(
+                f"quant.format={config.quant.format!r} quantizes the frozen base of QLoRA: it needs "
+                f"peft.method='lora', got {spec.method!r}"
+            )
+        if spec.method != "none" and init_from:
+            raise ValueError(
+                f"peft.method={spec.method!r} keeps the base frozen, read from sft.base_workdir; "
+                f"train.init_from={init_from!r} must be empty"
+            )
+
+    @classmethod
+    def base_workdir(cls, config) -> str:
+        return config.sft.base_workdir
 
     def __init__(self, config, tokenizer):
-        validate_sft(config)
-        self.spec = peft_lib.PeftSpec.from_config(config.peft)
+        self.validate_config(config)
         super().__init__(config, tokenizer)
-        # QLoRA: the frozen base is stored quantized; the model dequantizes weights as it reads them.
-        self.qlora = config.quant.format != "none"
-        self.apply_model = quantized_model(self.model) if self.qlora else self.model
+        self.adapted = runs.adapted_model(config, tokenizer.vocab_size)
         t = config.train
         num_shards = jax.process_count() if config.data.num_shards == -1 else config.data.num_shards
         self.data = instructions.InstructionSpec(
@@ -139,39 +109,18 @@ class SFTTask(Task):
             seed=t.seed,
         )
         if config.sft.base_workdir:
-            check_base(config, tokenizer)
+            runs.check_same_model(config, tokenizer, config.sft.base_workdir, field="sft.base_workdir")
         jax.eval_shape(self.init_params, jax.random.key(0))  # a bad LoRA target or rank fails here, not in jit
 
     # --- What to train. ---
-    def base_init(self, rng):
-        return self.model.init(rng, **self.init_inputs())["params"]
-
     def init_params(self, rng):
-        if self.spec.method == "none":
-            return self.base_init(rng)
-        base = jax.eval_shape(self.base_init, jax.random.key(0))  # shapes and logical names only
-        return peft_lib.init_trainable(self.spec, self.model, base, self.init_inputs(), rng)
+        return self.adapted.init_trainable(rng, runs.init_tokens(self.config))
 
     def frozen_params(self, mesh):
         """The base: sft.base_workdir's newest params, or (no base) a fresh init from train.seed + 1."""
-        if self.spec.method == "none":
-            return None
-        boxed = jax.eval_shape(self.base_init, jax.random.key(0))
-        shardings = logical_shardings(boxed, mesh)
-        if self.config.sft.base_workdir:
-            abstract = jax.tree.map(
-                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(boxed), shardings
-            )
-            base = checkpoint.latest_params(self.config.sft.base_workdir, abstract)
-        else:
-            init = jax.jit(lambda r: strip_boxes(self.base_init(r)), out_shardings=shardings)
-            base = init(jax.random.key(self.config.train.seed + 1))
-        if not self.qlora:
-            return base
-        # Quantized leaves carry no logical names yet: replicate them on the mesh.
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        quantize = jax.jit(lambda b: quantize_params_from_config(b, self.config.quant))
-        return jax.device_put(quantize(base), replicated)
+        return runs.frozen_base(
+            self.adapted, self.config, self.tokenizer, self.config.sft.base_workdir, mesh, field="sft.base_workdir"
+        )
 
     # --- On what. ---
     def train_iterator(self, process_index: int, process_count: int):
@@ -191,19 +140,14 @@ class SFTTask(Task):
 
     # --- Towards what. ---
     def _token_losses(self, params, frozen, batch, rng):
-        if self.qlora:
-            s = self.spec
-            variables = {"params": qlora_params(frozen, params, alpha=s.alpha, dropout=s.dropout, rng=rng)}
-        else:
-            variables = peft_lib.variables(self.spec, frozen, params, rng)
-        with peft_lib.context(self.spec):
-            logits, aux, metrics = apply_with_aux(
-                self.apply_model.apply,
-                variables,
-                batch["tokens"],
-                positions=batch["positions"],
-                segment_ids=batch["segment_ids"],
-            )
+        logits, aux, metrics = apply_with_aux(
+            self.adapted.apply,
+            {"params": {"trainable": params, "base": frozen}},
+            batch["tokens"],
+            positions=batch["positions"],
+            segment_ids=batch["segment_ids"],
+            rng=rng,
+        )
         targets, weights = sft_targets(batch)
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets), weights, aux, metrics
 
@@ -234,12 +178,7 @@ class SFTTask(Task):
         """Greedy answers (text before [EOS]) to prompts, with the method in place (LoRA merged first)."""
         tok = self.tokenizer
         encoded = [instructions.prompt_tokens(tok, p).tolist() for p in prompts]
-        model, variables = self.model, params
-        if self.spec.method == "lora":
-            base = jax.jit(dequantize_params)(frozen) if self.qlora else frozen
-            variables = jax.jit(lambda b, lo: lora_lib.merge(b, lo, alpha=self.spec.alpha))(base, params)
-        elif self.spec.method != "none":
-            model, variables = peft_lib.PeftModel(self.model, self.spec), {"base": frozen, "peft": params}
+        model, variables = self.adapted.for_decoding(params, frozen)
         out = generate(
             model,
             variables,

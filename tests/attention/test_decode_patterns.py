@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from research.config import default_config
-from research.decode import generate, init_cache, pad_prompts
+from research.decode import generate, init_cache, left_pad
 from research.models import DecoderLM, ModelConfig, init_params
 
 OPTIONS = dict(default_config().model.attention_options, window=2, block_size=2, num_global=1, stride=2)
@@ -31,7 +31,7 @@ def make(attention):
 
 def cached_logits(model, params, prompts, continuation):
     """Logits after each prompt's last token and each continuation token, via the KV cache."""
-    tokens, positions, seg = pad_prompts(prompts, pad_id=0)
+    tokens, positions, seg = left_pad(prompts, max(map(len, prompts)), 0)
     cache = init_cache(model, len(prompts), tokens.shape[1] + continuation.shape[1])
     logits, mutated = model.apply(
         {"params": params, "cache": cache}, tokens, positions=positions, segment_ids=seg, decode=True, mutable=["cache"]

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.decode import generate, init_cache, pad_prompts, top_k_filter, top_p_filter
+from research.decode import generate, init_cache, left_pad, top_k_filter, top_p_filter
 from research.models import DecoderLM, ModelConfig, init_params
 
 
@@ -30,7 +30,7 @@ def test_kv_cache_logits_equal_full_forward(model_and_params):
     model, params = model_and_params
     prompts = [[3, 4, 5, 6, 7, 8], [9, 10]]
     continuation = jnp.array([[11, 12, 13], [14, 15, 16]])
-    tokens, positions, seg = pad_prompts(prompts, pad_id=0)
+    tokens, positions, seg = left_pad(prompts, max(map(len, prompts)), 0)
     cache = init_cache(model, 2, tokens.shape[1] + 3)
     variables = {"params": params, "cache": cache}
     prefill, mutated = model.apply(

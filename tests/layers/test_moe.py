@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research.config import default_config, model_config, validate
-from research.decode import init_cache, pad_prompts
+from research.decode import init_cache, left_pad
 from research.layers.moe import (
     MoE,
     expert_capacity,
@@ -219,7 +219,7 @@ def test_kv_cache_decoding_with_moe_blocks():
     params = nn.unbox(init_params(model, jax.random.key(0)))
     prompts = [[3, 4, 5, 6, 7, 8], [9, 10]]
     continuation = np.array([[11, 12, 13], [14, 15, 16]])
-    tokens, positions, seg = pad_prompts(prompts, pad_id=0)
+    tokens, positions, seg = left_pad(prompts, max(map(len, prompts)), 0)
     step = jax.jit(lambda cache, t, p, s: model.apply({"params": params, "cache": cache}, t, positions=p,
                                                       segment_ids=s, decode=True, mutable=["cache"]))  # fmt: skip
     logits, mutated = step(init_cache(model, 2, tokens.shape[1] + 3), tokens, positions, seg)

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.config import default_config
 from research.data import stdlib_packages
 from research.tokenizers.base import MASK_ID, NUM_SPECIAL
+from research.train.tasks import task_config
 from research.train.tasks_encoder import encoder_model_config, mlm_corrupt
 
 
@@ -54,7 +54,7 @@ def test_classification_rows_and_split():
 
 
 def test_encoder_model_config_reads_the_encoder_section():
-    c = default_config()
+    c = task_config("classify")
     c.model.update(position="relative", num_layers=2, d_model=32, num_heads=4, num_kv_heads=4)
     c.encoder.update(post_norm=True, pooling="mean", relative_buckets=16)
     m = encoder_model_config(c, vocab_size=300)

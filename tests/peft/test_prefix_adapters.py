@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from research.attention import dense_attention
+from research.attention.prefix import with_prefix
 from research.decode import generate
-from research.peft import prefix as prefix_lib
-from research.peft.model import PeftModel, PeftSpec, init_trainable, peft_apply
+from research.peft.model import AdaptedModel, PeftSpec, init_trainable
 from tests.peft.conftest import randomize
 
 
@@ -36,10 +36,15 @@ def test_with_prefix_matches_naive_reference():
     k, v = (jax.random.normal(keys[i], (2, 6, 2, 8)) for i in (1, 2))
     pk, pv = (jax.random.normal(keys[i], (3, 2, 8)) for i in (3, 4))
     segment_ids = np.array([[1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
-    out = prefix_lib.with_prefix(dense_attention, pk, pv)(q, k, v, causal=True, segment_ids=jnp.asarray(segment_ids))
+    out = with_prefix(dense_attention, pk, pv)(q, k, v, causal=True, segment_ids=jnp.asarray(segment_ids))
     want = _naive_prefix_attention(q, k, v, pk, pv, segment_ids)
     real = segment_ids[:, :, None, None] != 0  # padding queries' outputs are never read
     np.testing.assert_allclose(np.where(real, np.asarray(out), 0), np.where(real, want, 0), atol=1e-5)
+
+
+def peft_apply(spec, model, base, trainable, *args, **kwargs):
+    """The adapted model's forward (research.peft.model.AdaptedModel), eager."""
+    return AdaptedModel(model, spec).apply({"params": {"trainable": trainable, "base": base}}, *args, **kwargs)
 
 
 @pytest.mark.parametrize("method", ["prefix", "adapter"])
@@ -60,12 +65,13 @@ def test_packed_examples_do_not_see_each_other(tiny, method):
 @pytest.mark.parametrize("method", ["prefix", "adapter"])
 def test_cached_generation_matches_full_forward(tiny, method):
     # (adapters act on layer outputs, so their cached path is the base model's; prefix adds its own.)
-    """research.decode's KV-cache loop, through PeftModel, gives the argmax rollout of full forwards."""
+    """research.decode's KV-cache loop, through AdaptedModel, gives the argmax rollout of full forwards."""
     model, params = tiny["model"], tiny["params"]
     spec = PeftSpec(method=method, prefix_len=2, adapter_dim=4)
     trainable = randomize(init_trainable(spec, model, tiny["boxed"], {"tokens": tiny["tokens"]}, jax.random.key(0)))
     prompt = [int(t) for t in tiny["tokens"][0, :6]]
-    got = generate(PeftModel(model, spec), {"base": params, "peft": trainable}, [prompt], max_new_tokens=4)[0]
+    adapted = AdaptedModel(model, spec)
+    got = generate(adapted, {"trainable": trainable, "base": params}, [prompt], max_new_tokens=4)[0]
     # One full forward over prompt + answer: greedy decoding means each answer token is the
     # argmax of the full forward's logits one position earlier.
     logits = peft_apply(spec, model, params, trainable, jnp.asarray([prompt + got]))

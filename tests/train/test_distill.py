@@ -7,14 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-import research.distill  # noqa: F401  (registers the "distill" task)
-from research.config import default_config
 from research.train.loop import train
 from research.train.metrics import read_metrics
+from research.train.tasks import task_config, with_task
 
 
 def _config(data_dir, *, layers, d_model, heads, kv_heads, steps):
-    c = default_config()
+    c = task_config()
     c.model.update(num_layers=layers, d_model=d_model, num_heads=heads, num_kv_heads=kv_heads, mlp_dim=2 * d_model)
     c.data.update(data_dir=data_dir, seq_len=32)
     c.train.update(steps=steps, batch_size=8, eval_every=steps, checkpoint_every=steps, eval_batches=1, log_every=1)
@@ -31,7 +30,7 @@ def teacher_workdir(tmp_path_factory, data_dir):
 
 def test_student_of_another_size_distills_on_a_sharded_mesh(tmp_path, data_dir, teacher_workdir):
     c = _config(data_dir, layers=1, d_model=32, heads=2, kv_heads=2, steps=2)
-    c.train.task = "distill"
+    c = with_task(c, "distill")
     c.distill.update(teacher_workdir=str(teacher_workdir), temperature=2.0, alpha=0.7)
     c.mesh.update(data=2, fsdp=2, tensor=2)  # the teacher's 4 heads split over tensor=2 as well
     last = train(c, tmp_path / "student")
@@ -48,7 +47,7 @@ def test_student_of_another_size_distills_on_a_sharded_mesh(tmp_path, data_dir, 
 
 def test_teacher_errors_name_the_field(tmp_path, data_dir, teacher_workdir):
     c = _config(data_dir, layers=1, d_model=32, heads=2, kv_heads=2, steps=1)
-    c.train.task = "distill"
+    c = with_task(c, "distill")
     with pytest.raises(ValueError, match="distill.teacher_workdir"):
         train(c, tmp_path / "a")  # none given
     c.distill.teacher_workdir = str(tmp_path / "missing")

@@ -9,18 +9,19 @@ import numpy as np
 import optax
 import pytest
 
-from research.config import default_config
 from research.peft.lora import count_trainable
 from research.tokenizers import ByteTokenizer
 from research.train.loop import train
+from research.train.runs import check_same_model
 from research.train.sharding import make_mesh
 from research.train.state import create_train_state, make_optimizer
 from research.train.step import train_step
-from research.train.tasks_sft import SFTTask, check_base
+from research.train.tasks import task_config
+from research.train.tasks_sft import SFTTask
 
 
 def _config(method="lora", devices=1, **peft):
-    c = default_config()
+    c = task_config("sft")
     c.model.update(num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64)
     c.data.update(seq_len=64)
     c.train.update(task="sft", steps=2, batch_size=2, eval_every=2, checkpoint_every=2, log_every=1, eval_batches=1)
@@ -113,8 +114,8 @@ def test_lora_run_on_a_pretrained_base(tmp_path, data_dir):
     other = _config("lora")
     other.model.d_model = 64
     other.sft.base_workdir = str(tmp_path / "base")
-    with pytest.raises(ValueError, match=r"model.d_model: base 32, this run 64"):
-        check_base(other, ByteTokenizer())
+    with pytest.raises(ValueError, match=r"model.d_model: sft.base_workdir 32, this run 64"):
+        check_same_model(other, ByteTokenizer(), other.sft.base_workdir, field="sft.base_workdir")
     with pytest.raises(ValueError, match=r"peft.method='none' .* set train.init_from="):
         bad = _config("none")
         bad.sft.base_workdir = str(tmp_path / "base")

@@ -1,0 +1,200 @@
+"""A finished (or running) decoder run as a model: one loader for every task, evaluator and CLI.
+
+    run = load_run("workdirs/sft")                 # config.json + tokenizer.json + newest checkpoint
+    logits = run.adapted.apply({"params": run.params_dict()}, tokens)
+    model, params = run.for_decoding()             # LoRA merged: the plain model, fastest to sample
+    params = run.merged_params()                   # the whole model's parameters (method none or LoRA)
+
+A run's model is whatever its task trains: a DecoderLM, possibly adapted
+(PEFT on a frozen base, a quantized QLoRA base), possibly with a scalar head
+(reward model, PPO value head). `adapted_model(config, vocab_size)` builds that
+description from a config (tasks build theirs with it too, so the loader and
+the trainer can't disagree), `frozen_base` loads what a PEFT run adapts (its
+base run's merged parameters, quantized for QLoRA, or a seeded random base),
+and `load_run` restores the trained tree on top. Every array is restored
+straight into the shardings the training rules give on `mesh`.
+
+Used by: SFT and the preference/RL tasks (base, reference, reward model),
+the distillation teacher, research.sample, Best-of-N and the evaluators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from etils import epath
+
+from research import config as config_lib
+from research.models import DecoderLM
+from research.peft.model import AdaptedModel, PeftSpec
+from research.tokenizers import load_tokenizer
+from research.train import checkpoint
+from research.train.sharding import logical_shardings, make_mesh, strip_boxes
+from research.train.tasks import get_task
+
+
+def adapted_model(config, vocab_size: int) -> AdaptedModel:
+    """The model a run of `config` trains, as its task describes it (PEFT and heads only where the task uses them)."""
+    task = get_task(config.train.task)
+    if not task.decoder:
+        raise ValueError(f"train.task={config.train.task!r} does not train a decoder LM; load_run reads decoder runs")
+    model = DecoderLM(config_lib.model_config(config, vocab_size))
+    if not task.adapts_base:
+        return AdaptedModel(model, heads=task.model_heads)
+    spec = PeftSpec.from_config(config.peft)
+    quantized = spec.method == "lora" and config.quant.format != "none"
+    return AdaptedModel(model, spec, quantized=quantized, heads=task.model_heads)
+
+
+def init_tokens(config) -> jax.Array:
+    """What init traces: one full row, so any attention window or block dividing seq_len works."""
+    return jnp.zeros((1, config.data.seq_len), jnp.int32)
+
+
+def _abstract(boxed, mesh):
+    """Boxed shapes -> ShapeDtypeStructs carrying the shardings the logical rules give on `mesh`."""
+    shardings = logical_shardings(boxed, mesh)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(boxed), shardings)
+
+
+def read_config(workdir, *, field: str = "workdir") -> ml_collections.ConfigDict:
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise ValueError(f"{field}={str(workdir)!r} holds no config.json: not a training workdir")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def check_same_model(config, tokenizer, workdir, *, field: str) -> None:
+    """Raises ValueError naming `field` and every difference when the run in `workdir` has another
+    model or tokenizer than `config` describes. Reads config.json and tokenizer.json only.
+
+    A PEFT base, a reference or a reward model must share the policy's architecture and tokenizer,
+    or their log-probabilities and scores would not line up with the policy's tokens.
+    """
+    other = read_config(workdir, field=field)
+    other_tokenizer = _read_tokenizer(workdir, field)
+    mine = dataclasses.asdict(config_lib.model_config(config, tokenizer.vocab_size))
+    theirs = dataclasses.asdict(config_lib.model_config(other, other_tokenizer.vocab_size))
+    diffs = [f"model.{k}: {field} {theirs[k]!r}, this run {v!r}" for k, v in mine.items() if theirs.get(k) != v]
+    probe = "def f(x):\n    return x + 1  # ok"
+    same = other_tokenizer.vocab_size == tokenizer.vocab_size
+    if not same or list(other_tokenizer.encode(probe)) != list(tokenizer.encode(probe)):
+        diffs.append(f"the tokenizer ({other.data.tokenizer}, vocab {other_tokenizer.vocab_size} vs "
+                     f"{config.data.tokenizer}, vocab {tokenizer.vocab_size})")  # fmt: skip
+    if diffs:
+        raise ValueError(
+            f"{field}={str(workdir)!r} holds another model than this run describes; "
+            f"it must be the same one. Differences: {'; '.join(diffs)}"
+        )
+
+
+def _read_tokenizer(workdir, field):
+    path = epath.Path(workdir) / "tokenizer.json"
+    if not path.exists():
+        raise ValueError(f"{field}={str(workdir)!r} holds no tokenizer.json: not a finished training workdir")
+    return load_tokenizer(path)
+
+
+def frozen_base(adapted: AdaptedModel, config, tokenizer, base_workdir: str, mesh, *, field: str):
+    """What a PEFT run adapts, on `mesh`: `base_workdir`'s merged parameters (quantized for QLoRA),
+    or, without a base workdir, a fresh init from train.seed + 1. None for method "none"."""
+    if not adapted.adapts:
+        return None
+    core = DecoderLM(adapted.config)
+    boxed = jax.eval_shape(lambda r: core.init(r, init_tokens(config))["params"], jax.random.key(0))
+    abstract = _abstract(boxed, mesh)
+    if base_workdir:
+        check_same_model(config, tokenizer, base_workdir, field=field)
+        base_run = load_run(base_workdir, mesh, field=field)
+        merged = base_run.merged_params()  # a reward model's score head, if any, is not part of the base
+        base = jax.device_put(
+            {k: v for k, v in merged.items() if k in abstract}, jax.tree.map(lambda a: a.sharding, abstract)
+        )
+    else:
+        init = jax.jit(lambda r: strip_boxes(core.init(r, init_tokens(config))["params"]),
+                       out_shardings=jax.tree.map(lambda a: a.sharding, abstract))  # fmt: skip
+        base = init(jax.random.key(config.train.seed + 1))
+    if not adapted.quantized:
+        return base
+    from research.quant.transform import quantize_params_from_config
+
+    # Quantized leaves carry no logical names: replicate them on the mesh.
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.device_put(jax.jit(lambda b: quantize_params_from_config(b, config.quant))(base), replicated)
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    workdir: epath.Path
+    config: ml_collections.ConfigDict
+    tokenizer: object
+    adapted: AdaptedModel
+    params: dict  # the trained tree, as the run's checkpoint holds it
+    base: dict | None  # the frozen base of a PEFT run
+
+    @property
+    def model(self) -> DecoderLM:
+        return self.adapted.model
+
+    def params_dict(self) -> dict:
+        """What `adapted.apply` takes as "params"."""
+        return {"trainable": self.params, "base": self.base}
+
+    def merged_params(self):
+        """The whole model's plain parameters (method none: as trained; LoRA: merged into the base)."""
+        return jax.jit(self.adapted.merged_params)(self.params, self.base)
+
+    def for_decoding(self):
+        """(model, params) to sample from fastest (research.decode)."""
+        return self.adapted.for_decoding(self.params, self.base)
+
+
+def base_workdir(config) -> str:
+    """The run whose model `config`'s PEFT run adapts (its task says where it is named)."""
+    return get_task(config.train.task).base_workdir(config)
+
+
+def load_run(workdir, mesh=None, *, field: str = "workdir") -> LoadedRun:
+    """The newest checkpoint of a decoder run in `workdir`, with its base; see the module docstring.
+
+    field: the config key or flag that named `workdir`, for error messages. Only parameters are
+    read (no optimizer state, no data iterator).
+    """
+    workdir = epath.Path(workdir)
+    config = read_config(workdir, field=field)
+    tokenizer = _read_tokenizer(workdir, field)
+    try:
+        adapted = adapted_model(config, tokenizer.vocab_size)
+    except ValueError as e:
+        raise ValueError(f"{field}={str(workdir)!r}: {e}") from None
+    mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1)) if mesh is None else mesh
+    boxed = jax.eval_shape(lambda r: adapted.init_trainable(r, init_tokens(config)), jax.random.key(0))
+    try:
+        params = checkpoint.latest_params(workdir, _abstract(boxed, mesh))
+    except ValueError as e:
+        raise ValueError(f"{field}: {e}") from None
+    base = frozen_base(adapted, config, tokenizer, base_workdir(config), mesh, field=f"{field}'s base")
+    return LoadedRun(workdir, config, tokenizer, adapted, params, base)
+
+
+def replace_matching(params, source):
+    """`params` with every leaf that `source` holds at the same path (and shape) replaced by it.
+
+    A policy starting from its reference: the body is loaded, a value head keeps its fresh init.
+    """
+    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(source)}
+
+    def pick(path, leaf):
+        other = flat.get(jax.tree_util.keystr(path))
+        if other is None:
+            return leaf
+        if other.shape != leaf.shape:
+            raise ValueError(f"parameter {jax.tree_util.keystr(path)} has shape {other.shape} in the source, "
+                             f"{leaf.shape} here")  # fmt: skip
+        return jax.device_put(other.astype(leaf.dtype), leaf.sharding)
+
+    return jax.tree_util.tree_map_with_path(pick, params)
