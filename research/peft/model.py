@@ -189,6 +189,8 @@ class AdaptedModel:
 
     def for_decoding(self, trainable, base):
         """(model, params) to decode with fastest: the plain model on merged parameters where they exist."""
-        if not self.adapts or self.spec.method == "lora":
+        if not self.adapts:
+            return self.model, trainable
+        if self.spec.method == "lora":
             return self.model, jax.jit(self.merged_params)(trainable, base)
         return self, {"trainable": trainable, "base": base}

@@ -58,7 +58,7 @@ def check_batch_fits_mesh(config, num_devices: int) -> None:
         raise ValueError(f"model.moe_num_experts={experts} must be divisible by mesh.expert={sizes['expert']}")
 
 
-def evaluate(eval_fn, params, frozen, batches, mesh) -> dict:
+def evaluate(eval_fn, params, frozen, batches, mesh, *, perplexity: bool = True) -> dict:
     """Sums every batch's {"loss_sum", "count", other sums...}; reports each sum per count.
 
     No batches (tasks evaluated by sampling, e.g. RL): {}.
@@ -73,7 +73,10 @@ def evaluate(eval_fn, params, frozen, batches, mesh) -> dict:
     count = max(totals.pop("count"), 1.0)
     loss = totals.pop("loss_sum") / count
     extra = {f"eval_{k.removesuffix('_sum')}": v / count for k, v in totals.items()}
-    return {"eval_loss": loss, "eval_perplexity": float(np.exp(min(loss, 50.0))), **extra}
+    out = {"eval_loss": loss, **extra}
+    if perplexity:
+        out["eval_perplexity"] = float(np.exp(min(loss, 50.0)))
+    return out
 
 
 def _window_means(window: list[dict]) -> dict:
@@ -197,7 +200,9 @@ def train(config, workdir) -> dict:
                 jax.block_until_ready(state)
                 paused = time.perf_counter()
                 if evaluating:
-                    eval_metrics = evaluate(p_eval, state.params, frozen, eval_batches, mesh)
+                    eval_metrics = evaluate(
+                        p_eval, state.params, frozen, eval_batches, mesh, perplexity=task.reports_perplexity
+                    )
                     eval_metrics.update(task.evaluate(state.params, frozen))
                     writer.write(done, eval_metrics)
                     last.update(eval_metrics)

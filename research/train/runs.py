@@ -195,6 +195,8 @@ def replace_matching(params, source):
         if other.shape != leaf.shape:
             raise ValueError(f"parameter {jax.tree_util.keystr(path)} has shape {other.shape} in the source, "
                              f"{leaf.shape} here")  # fmt: skip
-        return jax.device_put(other.astype(leaf.dtype), leaf.sharding)
+        # A copy: the train state is donated to each step, so it must not share buffers with `source`
+        # (a frozen reference made of the same weights).
+        return jax.device_put(jnp.array(other, dtype=leaf.dtype, copy=True), leaf.sharding)
 
     return jax.tree_util.tree_map_with_path(pick, params)

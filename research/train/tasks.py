@@ -49,6 +49,10 @@ _TASK_MODULES = {
     "seq2seq": "research.train.tasks_seq2seq",
     "sft": "research.train.tasks_sft",
     "distill": "research.distill.task",
+    "reward": "research.post.tasks_reward",
+    "dpo": "research.post.tasks_dpo",
+    "ppo": "research.post.tasks_ppo",
+    "grpo": "research.post.tasks_grpo",
 }
 
 
@@ -159,6 +163,8 @@ class Task:
     # the model's parameters include.
     decoder: bool = True
     adapts_base: bool = False
+    # Whether the eval loss is a per-token NLL, whose exp (perplexity) the eval reports.
+    reports_perplexity: bool = True
     model_heads: tuple[str, ...] = ("logits",)
 
     @classmethod
