@@ -1,22 +1,25 @@
 r"""BERT-style: masked-LM pretraining on the embedded corpus, then [CLS] fine-tuning to tell which
 stdlib package a code snippet comes from; accuracy against the majority-class baseline.
 
-  python -m experiments.bert_classify --workdir workdirs/bert_classify [--arg scale=tiny]
+  python -m research.sweep --config experiments/bert_classify.py[:scale=tiny] --workdir workdirs/bert_classify
 
-1. train.task=mlm on python_stdlib (packed rows, 15% targets, 80/10/10) in WORKDIR/mlm.
-2. train.task=classify starting from it (train.init_from) in WORKDIR/classify, and
-   the same run from a random init in WORKDIR/scratch: what pretraining buys.
-3. results.md / results.json: held-out-file accuracy of both vs the majority class.
+Stages (research/experiment.py), each one run in WORKDIR/<stage>:
+1. mlm: train.task=mlm on python_stdlib (packed rows, 15% targets, 80/10/10).
+2. classify: train.task=classify starting from the mlm run (train.init_from).
+3. scratch: the same fine-tuning from a random init: what pretraining buys.
+Then results.md / results.json in WORKDIR: the MLM run's held-out masked-token
+accuracy, and held-out-file accuracy of both classifiers vs the majority class.
 
-`get_config(arg)` is the fine-tuning run (its train.init_from names the MLM
-workdir, `mlm=DIR`); `get_pretrain_config(arg)` the MLM run. Arguments:
-scale=tiny|full, mlm=DIR.
+`get_config(arg)` is the fine-tuning run (for research.main its train.init_from
+names workdirs/bert_classify/mlm, where the command above pretrains; the stages
+set it); `get_pretrain_config(arg)` the MLM run. `--config.*` overrides apply to
+every stage that has the key. Arguments: scale=tiny|full.
 """
 
-import argparse
 import json
 
 from research.config import parse_arg
+from research.experiment import Stage
 from research.train.tasks import task_config
 
 SCALES = {
@@ -24,10 +27,11 @@ SCALES = {
     "tiny": (2, 64, 4, 128, 32, 400, 300),
     "full": (12, 768, 12, 512, 256, 100_000, 3_000),
 }
+MLM_WORKDIR = "workdirs/bert_classify/mlm"  # get_config's init_from outside the stages (README's workdir)
 
 
 def _arg(arg):
-    arg = parse_arg(arg, scale="tiny", mlm="workdirs/bert_classify/mlm")
+    arg = parse_arg(arg, scale="tiny")
     if arg.scale not in SCALES:
         raise ValueError(f"bert_classify scale={arg.scale!r}; choose one of {sorted(SCALES)}")
     return arg
@@ -68,11 +72,21 @@ def get_pretrain_config(arg=None):
 
 
 def get_config(arg=None):
-    """Fine-tuning from the MLM run at `mlm` (train.init_from; "" for a random init)."""
+    """Fine-tuning from an MLM run (train.init_from; "" for a random init)."""
     arg = _arg(arg)
     c = _config(arg, "classify", SCALES[arg.scale][6], 5e-4)
-    c.train.init_from = arg.mlm
+    c.train.init_from = MLM_WORKDIR
     return c
+
+
+def get_stages(arg=None):
+    scratch = get_config(arg)
+    scratch.train.init_from = ""
+    return [
+        Stage("mlm", get_pretrain_config(arg)),
+        Stage("classify", get_config(arg), inputs={"train.init_from": "mlm"}),
+        Stage("scratch", scratch),
+    ]
 
 
 def _final(workdir) -> dict:
@@ -82,32 +96,26 @@ def _final(workdir) -> dict:
     return evals[-1]
 
 
-def run(workdir, arg=None):
-    from etils import epath
-
-    from research.train.loop import train
-
-    workdir = epath.Path(workdir).absolute()
-    mlm = workdir / "mlm"
-    train(get_pretrain_config(arg), mlm)  # resumes, or does nothing when finished
+def analyze(workdir, runs, arg=None):
+    """The MLM run's final eval, and both classifiers' accuracy vs the majority class."""
+    del arg
+    by_stage = {run.stage: run for run in runs}
     rows = []
-    for name, init_from in (("classify", str(mlm)), ("scratch", "")):
-        c = get_config(arg)
-        c.train.init_from = init_from
-        train(c, workdir / name)
-        final = _final(workdir / name)
+    for name in ("classify", "scratch"):
+        run = by_stage[name]
+        final = _final(run.workdir)
         rows.append(
             dict(
                 run=name,
-                pretrained=bool(init_from),
+                pretrained=bool(run.config.train.init_from),
                 eval_accuracy=final["eval_accuracy"],
                 majority_baseline=final["majority_baseline"],
                 eval_loss=final["eval_loss"],
             )
         )
-    pre = _final(mlm)
+    pre = _final(by_stage["mlm"].workdir)
     (workdir / "results.json").write_text(json.dumps(dict(mlm=pre, classify=rows), indent=1))
-    classes = get_config(arg).classify.packages.split(",")
+    classes = by_stage["classify"].config.classify.packages.split(",")
     lines = [
         f"MLM pretraining: held-out masked-token accuracy {pre.get('eval_mlm_accuracy', float('nan')):.3f}, "
         f"loss {pre['eval_loss']:.3f}",
@@ -125,15 +133,3 @@ def run(workdir, arg=None):
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--arg", default=None, help="scale=tiny|full (as after ':' in --config)")
-    args = parser.parse_args()
-    run(args.workdir, args.arg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,28 +1,29 @@
 r"""Distillation: a small student trained on hard labels vs on a teacher's soft labels, same budget.
 
-  python -m experiments.distillation --workdir workdirs/distillation [--arg scale=tiny]
+  python -m research.sweep --config experiments/distillation.py[:scale=tiny] --workdir workdirs/distillation
 
-1. Trains the teacher (a 4-layer, d_model-128 LM at tiny scale) in WORKDIR/teacher.
-2. Trains the same student (2 layers, d_model 64: ~1/8 of the teacher's
+Stages (research/experiment.py):
+1. teacher: the teacher LM (4 layers, d_model 128 at tiny scale) in WORKDIR/teacher.
+2. student: the same student (2 layers, d_model 64: ~1/8 of the teacher's
    non-embedding parameters) from the same init on the same batches for the same
-   steps, once per sweep entry: hard labels only (train.task=lm), and
-   train.task=distill with the teacher's distributions softened by T = 1, 2, 4
-   (alpha = 1: soft labels only) and one hard/soft mix (T = 2, alpha = 0.5).
-3. Compares the students' validation loss (hard-label NLL on the same held-out
-   batches) and their KL to the teacher. Writes results.md, results.json and
-   distillation.png in the workdir.
+   steps, once per sweep entry, in WORKDIR/student/<run>: hard labels only
+   (train.task=lm), and train.task=distill with the teacher's distributions
+   softened by T = 1, 2, 4 (alpha = 1: soft labels only) and one hard/soft mix
+   (T = 2, alpha = 0.5); distill.teacher_workdir is the teacher stage's workdir.
+Then the students' validation loss (hard-label NLL on the same held-out batches)
+and their KL to the teacher: results.md, results.json and distillation.png in WORKDIR.
 
-`get_config(arg)` is the student's config (train.task=distill); `get_sweep(arg)` the
-variants, so `python -m research.sweep --config experiments/distillation.py:teacher=DIR
---workdir W` reruns the students against any finished teacher workdir.
-Arguments: scale=tiny|full, steps=N (student steps), teacher=DIR.
+`get_config(arg)` is the student's config (train.task=distill; for research.main its
+distill.teacher_workdir names workdirs/distillation/teacher, where the command above
+trains it); `get_teacher_config(arg)` the teacher's. `--config.*` overrides apply to
+every run that has the key (train.steps: teacher and students).
+Arguments: scale=tiny|full, steps=N (student steps).
 """
 
-import argparse
 import json
-import sys
 
 from research.config import default_config, parse_arg, swiglu_mlp_dim
+from research.experiment import Stage
 from research.train.tasks import with_task
 
 SCALES = {
@@ -37,10 +38,11 @@ SWEEP = [
     {"distill.temperature": 4.0, "distill.alpha": 1.0},
     {"distill.temperature": 2.0, "distill.alpha": 0.5},
 ]
+TEACHER_WORKDIR = "workdirs/distillation/teacher"  # get_config's teacher outside the stages (README's workdir)
 
 
 def _arg(arg):
-    arg = parse_arg(arg, scale="tiny", steps=0, teacher="workdirs/distillation/teacher")
+    arg = parse_arg(arg, scale="tiny", steps=0)
     if arg.scale not in SCALES:
         raise ValueError(f"distillation scale={arg.scale!r}; choose one of {sorted(SCALES)}")
     return arg
@@ -79,31 +81,42 @@ def get_teacher_config(arg=None):
 
 
 def get_config(arg=None):
-    """The student, distilling from `teacher` (default: where `main` trains it)."""
+    """The student, distilling from the teacher in distill.teacher_workdir."""
     arg = _arg(arg)
     _, student, seq_len, batch, _, steps = SCALES[arg.scale]
     c = with_task(_lm_config(student, seq_len, batch, arg.steps or steps, 2e-3), "distill")
-    c.distill.teacher_workdir = arg.teacher
+    c.distill.teacher_workdir = TEACHER_WORKDIR
     return c
 
 
-def get_sweep(arg=None):
-    del arg
-    return [dict(s) for s in SWEEP]
+def get_stages(arg=None):
+    return [
+        Stage("teacher", get_teacher_config(arg)),
+        Stage(
+            "student",
+            get_config(arg),
+            inputs={"distill.teacher_workdir": "teacher"},
+            sweep=tuple(dict(s) for s in SWEEP),
+        ),
+    ]
 
 
 def analyze(workdir, runs, arg=None):
+    """The students' final validation loss and KL to the teacher, against the hard-label student."""
     from research.train.metrics import read_metrics
 
+    del arg
     rows = []
     for run in runs:
-        metrics = read_metrics(run["workdir"])
+        if run.stage != "student":
+            continue
+        metrics = read_metrics(run.workdir)
         evals = [m for m in metrics if "eval_loss" in m]
-        o = run["overrides"]
+        o = run.overrides
         hard = o.get("train.task") == "lm"
         rows.append(
             dict(
-                name=run["name"],
+                name=run.name,
                 labels="hard" if hard else ("soft" if o["distill.alpha"] == 1.0 else "soft + hard"),
                 temperature=None if hard else o["distill.temperature"],
                 alpha=0.0 if hard else o["distill.alpha"],
@@ -142,29 +155,3 @@ def _plot(rows, path):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-def run(workdir, arg=None):
-    from etils import epath
-
-    from research.sweep import run_sweep
-    from research.train.loop import train
-
-    workdir = epath.Path(workdir).absolute()
-    teacher = workdir / "teacher"
-    train(get_teacher_config(arg), teacher)  # resumes, or does nothing when finished
-    base = get_config(arg)
-    base.distill.teacher_workdir = str(teacher)
-    return run_sweep(base, sys.modules[__name__], arg, workdir)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--arg", default=None, help="scale=tiny|full,steps=N (as after ':' in --config)")
-    args = parser.parse_args()
-    run(args.workdir, args.arg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,31 +1,37 @@
 r"""Fine-tuning: full vs LoRA r in {1, 2, 4, 8, 16, 64} vs prefix tuning vs adapters, on the instruction set.
 
-  python -m experiments.lora_rank --workdir workdirs/lora_rank [--arg scale=tiny]
+  python -m research.sweep --config experiments/lora_rank.py[:scale=tiny] --workdir workdirs/lora_rank
 
-1. Pretrains a small byte-level LM on the stdlib corpus in WORKDIR/base (skipped
-   when finished; `--arg base=DIR` uses another finished LM run of the same shape).
-2. Fine-tunes it on research.data.instructions (train.task=sft) once per
-   variant, same batches, same steps: every parameter (train.init_from = base),
-   LoRA on the attention projections (q, k, v, out) at each rank, prefix tuning
-   and adapters (base frozen, read from sft.base_workdir).
-3. Measures per variant: exact match of greedy answers on held-out prompts
+Stages (research/experiment.py):
+1. base: pretrains a small byte-level LM on the stdlib corpus in WORKDIR/base.
+2. Fine-tunes it on research.data.instructions (train.task=sft), same batches, same
+   steps, once per variant: full (every parameter, train.init_from = the base) in
+   WORKDIR/full; LoRA on the attention projections (q, k, v, out) at each rank,
+   alpha = 2r, in WORKDIR/lora/rank=R,alpha=A; prefix tuning in WORKDIR/prefix and
+   adapters in WORKDIR/adapter (base frozen, read from sft.base_workdir; their
+   train.init_from is empty).
+3. analyze measures per variant: exact match of greedy answers on held-out prompts
    (overall and per task kind), trainable parameters, seconds per train step
    (median of the logged windows, compilation excluded) and the compiled train
    step's memory (XLA's buffer assignment: arguments + outputs - donated + temporaries,
    for one device: deterministic, unlike a noisy process RSS on a shared CPU).
-Writes results.md, results.json and lora_rank.png in the workdir.
+Writes results.md, results.json and lora_rank.png in WORKDIR.
 
 Learning rates: 1e-3 for full fine-tuning, 3e-3 for LoRA and adapters, whose few
 parameters start at a no-op and need larger steps, and 3e-2 for prefix tuning, whose
 keys/values must grow from nothing to the scale of the model's own (at 3e-3 the prefix
 barely moved in 200 steps: val loss 5.10, the base's own level); everything else is shared.
-Arguments: scale=tiny|full, steps=N (fine-tuning steps), base=DIR.
+`get_config(arg)` is the full fine-tuning run (for research.main it reads
+workdirs/lora_rank/base, where the command above pretrains; the stages set the base
+workdir); `get_base_config(arg)` the pretraining run. `--config.*` overrides apply to
+every run that has the key (train.steps: the base and every variant).
+Arguments: scale=tiny|full, steps=N (fine-tuning steps).
 """
 
-import argparse
 import json
 
 from research.config import default_config, parse_arg, swiglu_mlp_dim
+from research.experiment import Stage, apply_overrides
 from research.train.tasks import with_task
 
 SCALES = {
@@ -35,16 +41,13 @@ SCALES = {
 }
 FULL_LR = 1e-3
 PEFT_LR = {"lora": 3e-3, "adapter": 3e-3, "prefix": 3e-2}
-VARIANTS = [
-    ("full", {"peft.method": "none"}),
-    *[(f"lora_r{r}", {"peft.method": "lora", "peft.rank": r, "peft.alpha": 2.0 * r}) for r in (1, 2, 4, 8, 16, 64)],
-    ("prefix", {"peft.method": "prefix", "peft.prefix_len": 8}),
-    ("adapter", {"peft.method": "adapter", "peft.adapter_dim": 16}),
-]
+RANKS = (1, 2, 4, 8, 16, 64)  # LoRA ranks, each with alpha = 2r
+PEFT_OPTIONS = {"lora": {}, "prefix": {"peft.prefix_len": 8}, "adapter": {"peft.adapter_dim": 16}}
+BASE_WORKDIR = "workdirs/lora_rank/base"  # get_config's base outside the stages (README's workdir)
 
 
 def _arg(arg):
-    arg = parse_arg(arg, scale="tiny", steps=0, base="")
+    arg = parse_arg(arg, scale="tiny", steps=0)
     if arg.scale not in SCALES:
         raise ValueError(f"lora_rank scale={arg.scale!r}; choose one of {sorted(SCALES)}")
     return arg
@@ -78,10 +81,9 @@ def get_config(arg=None):
     parsed = _arg(arg)
     *_, steps, eval_prompts = SCALES[parsed.scale]
     steps = parsed.steps or steps
-    base = parsed.base or "workdirs/lora_rank/base"
     c = with_task(get_base_config(arg), "sft")
     c.train.update(
-        init_from=base,
+        init_from=BASE_WORKDIR,
         steps=steps,
         eval_every=steps,
         checkpoint_every=steps,
@@ -90,20 +92,35 @@ def get_config(arg=None):
         seed=1,  # another shuffle than the pretraining run's
     )
     c.optim.update(learning_rate=FULL_LR, warmup_steps=min(20, steps // 10), weight_decay=0.0)
-    c.sft.update(base_workdir=base, eval_examples=eval_prompts, max_new_tokens=14)
+    c.sft.update(base_workdir=BASE_WORKDIR, eval_examples=eval_prompts, max_new_tokens=14)
     return c
 
 
-def get_sweep(arg=None):
-    """Overrides per variant (PEFT variants read the base from sft.base_workdir, not train.init_from)."""
-    del arg
-    out = []
-    for _, overrides in VARIANTS:
-        o = dict(overrides)
-        if o["peft.method"] != "none":
-            o.update({"train.init_from": "", "optim.learning_rate": PEFT_LR[o["peft.method"]]})
-        out.append(o)
-    return out
+def get_stages(arg=None):
+    """base, then full fine-tuning and the PEFT methods, all reading the base stage's workdir."""
+
+    def peft(method):
+        # A PEFT run keeps the base frozen, read from sft.base_workdir: no train.init_from.
+        overrides = {"peft.method": method, "train.init_from": "", "optim.learning_rate": PEFT_LR[method]}
+        return apply_overrides(get_config(arg), {**overrides, **PEFT_OPTIONS[method]})
+
+    reads_base = {"sft.base_workdir": "base"}
+    return [
+        Stage("base", get_base_config(arg)),
+        Stage("full", get_config(arg), inputs={"train.init_from": "base", **reads_base}),
+        Stage(
+            "lora",
+            peft("lora"),
+            inputs=reads_base,
+            sweep=tuple({"peft.rank": r, "peft.alpha": 2.0 * r} for r in RANKS),
+        ),
+        Stage("prefix", peft("prefix"), inputs=reads_base),
+        Stage("adapter", peft("adapter"), inputs=reads_base),
+    ]
+
+
+def _label(run) -> str:
+    return f"lora_r{run.config.peft.rank}" if run.stage == "lora" else run.stage
 
 
 def step_memory_bytes(config) -> int:
@@ -113,6 +130,7 @@ def step_memory_bytes(config) -> int:
     import jax
 
     from research.tokenizers import ByteTokenizer
+    from research.train.runs import init_tokens
     from research.train.sharding import make_mesh, strip_boxes
     from research.train.state import make_optimizer, state_shapes
     from research.train.step import train_step
@@ -125,7 +143,9 @@ def step_memory_bytes(config) -> int:
     with jax.set_mesh(mesh):
         tx = make_optimizer(config.optim, config.train.steps)
         state, _ = state_shapes(task.model, tx, mesh, init_fn=task.init_params)
-        frozen = None if task.spec.method == "none" else strip_boxes(jax.eval_shape(task.base_init, jax.random.key(0)))
+        adapted = task.adapted
+        base = jax.eval_shape(adapted.init_base, jax.random.key(0), init_tokens(config))
+        frozen = strip_boxes(base) if adapted.adapts else None
         rows = (config.train.batch_size, config.data.seq_len)
         batch = {k: jax.ShapeDtypeStruct(rows, "int32") for k in ("tokens", "segment_ids", "positions", "loss_mask")}
         step = functools.partial(train_step, grad_accum_steps=1, learning_rate_fn=lambda s: 1e-3, loss_fn=task.loss)
@@ -133,50 +153,30 @@ def step_memory_bytes(config) -> int:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
-def run(workdir, arg=None):
-    from etils import epath
-
-    from research.sweep import apply_overrides
-    from research.train.loop import train
-
-    workdir = epath.Path(workdir).absolute()
-    parsed = _arg(arg)
-    base_dir = epath.Path(parsed.base).absolute() if parsed.base else workdir / "base"
-    if not parsed.base:
-        train(get_base_config(arg), base_dir)  # resumes, or does nothing when finished
-    config = get_config(arg)
-    config.train.init_from = config.sft.base_workdir = str(base_dir)
-    runs = []
-    for (name, _), overrides in zip(VARIANTS, get_sweep(arg), strict=True):
-        run_config = apply_overrides(config, overrides)
-        print(f"--- {name}", flush=True)
-        train(run_config, workdir / name)
-        runs.append({"name": name, "overrides": overrides, "workdir": workdir / name, "config": run_config})
-    analyze(workdir, runs, arg)
-    return runs
-
-
 def analyze(workdir, runs, arg=None):
+    """One row per fine-tuning run (the base excluded): quality, size, speed and step memory."""
     import numpy as np
 
     from research.train.metrics import read_metrics
 
+    del arg
     rows = []
     for run in runs:
-        metrics = read_metrics(run["workdir"])
-        config = run.get("config") or json.loads((run["workdir"] / "config.json").read_text())
-        tokens_per_step = config["train"]["batch_size"] * config["data"]["seq_len"]
+        if run.stage == "base":
+            continue
+        metrics = read_metrics(run.workdir)
+        tokens_per_step = run.config.train.batch_size * run.config.data.seq_len
         rates = [m["tokens_per_sec"] for m in metrics if m.get("tokens_per_sec")]
         final = [m for m in metrics if "exact_match" in m][-1]
         rows.append(
             dict(
-                name=run["name"],
+                name=_label(run),
                 trainable_params=next(m["num_params"] for m in metrics if "num_params" in m),
                 exact_match=final["exact_match"],
                 per_kind={k.removeprefix("exact_match_"): v for k, v in final.items() if k.startswith("exact_match_")},
                 eval_loss=final["eval_loss"],
                 step_seconds=float(np.median([tokens_per_step / r for r in rates])),
-                step_memory_bytes=step_memory_bytes(run["config"]) if "config" in run else None,
+                step_memory_bytes=step_memory_bytes(run.config),
             )
         )
     full = rows[0]["trainable_params"]
@@ -189,7 +189,7 @@ def analyze(workdir, runs, arg=None):
         "|---|---:|---:|---:|" + "---:|" * len(kinds) + "---:|---:|---:|",
     ]
     for r in rows:
-        memory = "" if r["step_memory_bytes"] is None else f"{r['step_memory_bytes'] / 1e6:.1f}"
+        memory = f"{r['step_memory_bytes'] / 1e6:.1f}"
         lines.append(
             f"| {r['name']} | {r['trainable_params']:,} | {100 * r['trainable_params'] / full:.2f}% | "
             f"{r['exact_match']:.2f} | "
@@ -224,15 +224,3 @@ def _plot(rows, path):
     fig.suptitle("Instruction tuning: full vs LoRA rank vs prefix vs adapters")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--arg", default=None, help="scale=tiny|full,steps=N,base=DIR (as after ':' in --config)")
-    args = parser.parse_args()
-    run(args.workdir, args.arg)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,27 +1,35 @@
 r"""Weight-only quantization of a trained LM: float32 / bf16 / int8 / int4 / NF4, and QLoRA vs LoRA.
 
-  python -m experiments.quantization --workdir workdirs/quantization [--arg scale=tiny] [--base_workdir DIR]
+  python -m research.sweep --config experiments/quantization.py[:scale=tiny] --workdir workdirs/quantization
 
-1. Pretrains the base LM (get_config; skipped when done, or pass --base_workdir to
-   measure a finished run such as the quickstart's).
-2. Stores its weights in each format (research.quant: codes packed, scales per
-   output channel or per group of 64 input rows, NF4 optionally with double-quantized
-   scales; embeddings stay float32) and measures the stored bytes, the validation
-   perplexity on the same held-out batches, and greedy generation tokens/s
-   (research.decode), all on the same quantized tree the model runs from.
-3. Fine-tunes the same LoRA (rank 8 on the attention projections) on a float32 base
-   and on the NF4 base (QLoRA), same steps and batches, and compares validation loss.
+Stages (research/experiment.py), each one run in WORKDIR/<stage>:
+1. base: pretrains the base LM (get_config) on the stdlib corpus.
+2. lora and qlora: the same LoRA (rank 8 on the attention projections, alpha 16,
+   same init, same steps and batches) fine-tuned on the instruction set
+   (train.task=sft, loss on response tokens) over the base run's weights
+   (sft.base_workdir): in float32 (lora), and stored as NF4 with double-quantized
+   scales (qlora: quant.format=nf4, the frozen base quantized, LoRA over it).
+3. analyze stores the base's weights in each format (research.quant: codes packed,
+   scales per output channel or per group of 64 input rows, NF4 optionally with
+   double-quantized scales; embeddings stay float32) and measures the stored bytes,
+   the weight error, the validation perplexity on the same held-out batches, and
+   greedy generation tokens/s (research.decode), all on the same quantized tree the
+   model runs from; and compares the two fine-tuning runs: base bytes, trainable
+   parameters, response-token validation loss before (LoRA at init: the base alone,
+   float32 or NF4) and after fine-tuning, and their train loss step by step.
 
-Writes results.md, results.json and quantization.png in the workdir.
-`get_config(arg)` is the base LM's config (arguments: scale=tiny|full, steps=N,
-finetune_steps=N).
+Writes results.md, results.json and quantization.png in WORKDIR. `get_config(arg)`
+is the base LM's config; `get_finetune_config(arg, quantized)` the fine-tuning runs'.
+`--config.*` overrides apply to every run that has the key (train.steps: all three).
+Arguments: scale=tiny|full, steps=N (base steps), finetune_steps=N.
 """
 
-import argparse
 import json
 import time
 
 from research.config import default_config, parse_arg, swiglu_mlp_dim
+from research.experiment import Stage
+from research.train.tasks import with_task
 
 SCALES = {
     # layers, d_model, heads, kv_heads, seq_len, batch, steps, learning_rate, finetune_steps, generated tokens
@@ -72,6 +80,34 @@ def get_config(arg=None):
     c.optim.update(learning_rate=lr, warmup_steps=min(50, steps // 10))
     c.quant.update(group_size=64, exclude="embed")
     return c
+
+
+def get_finetune_config(arg=None, quantized: bool = False):
+    """LoRA fine-tuning on the instruction set over a frozen base (sft.base_workdir), NF4 if `quantized`."""
+    parsed = _arg(arg)
+    steps = parsed.finetune_steps or SCALES[parsed.scale][8]
+    c = with_task(get_config(arg), "sft")
+    c.train.update(
+        steps=steps,
+        eval_every=steps,
+        checkpoint_every=steps,
+        log_every=max(steps // 100, 1),  # every step at tiny scale: the plot compares the runs step by step
+    )
+    c.optim.update(learning_rate=LORA["learning_rate"], warmup_steps=steps // 10, min_lr_ratio=0.0, weight_decay=0.0)
+    c.peft.update(method="lora", rank=LORA["rank"], alpha=LORA["alpha"], target=LORA["target"])
+    c.sft.update(eval_examples=0)  # the response loss is the measure: no generation at eval
+    if quantized:  # "nf4 g64 + double quant" (group_size and exclude come from get_config)
+        c.quant.update(format="nf4", double_quant=True)
+    return c
+
+
+def get_stages(arg=None):
+    reads_base = {"sft.base_workdir": "base"}
+    return [
+        Stage("base", get_config(arg)),
+        Stage("lora", get_finetune_config(arg), inputs=reads_base),
+        Stage("qlora", get_finetune_config(arg, quantized=True), inputs=reads_base),
+    ]
 
 
 def quantized_tree(params, label):
@@ -147,87 +183,53 @@ def measure_formats(model, params, eval_batches, tokenizer, new_tokens, rounds=5
     return rows
 
 
-def finetune(model, base, lora, train_batches, eval_batches, *, quantized: bool, steps: int):
-    """LoRA (or QLoRA on a quantized base) for `steps` Adam steps; returns validation losses before and after."""
+def finetune_result(run) -> dict:
+    """A finished LoRA / QLoRA run: validation loss with LoRA at zero (the base alone) and as trained,
+    on the run's own eval batches, its base's bytes, trainable parameters and train loss per logged step."""
     import jax
-    import optax
-
-    from research.peft import lora as lora_lib
-    from research.quant import quantized_model
-    from research.quant.qlora import qlora_params
-    from research.train.step import lm_loss_sums
-
-    alpha = LORA["alpha"]
-    apply_fn = quantized_model(model).apply if quantized else model.apply
-    effective = qlora_params if quantized else lora_lib.apply_lora
-
-    def sums(lora, batch):
-        return lm_loss_sums(effective(base, lora, alpha=alpha), apply_fn, batch)
-
-    def loss(lora, batch):
-        s, c = sums(lora, batch)
-        return s / c
-
-    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, LORA["learning_rate"], steps // 10, steps), 0.9, 0.95)
-
-    @jax.jit
-    def step(lora, opt_state, batch):
-        value, grads = jax.value_and_grad(loss)(lora, batch)
-        updates, opt_state = tx.update(grads, opt_state, lora)
-        return optax.apply_updates(lora, updates), opt_state, value
-
-    eval_sums = jax.jit(sums)
-
-    def evaluate(lora):
-        out = [eval_sums(lora, b) for b in eval_batches]
-        return sum(float(s) for s, _ in out) / sum(float(c) for _, c in out)
-
-    before = evaluate(lora)
-    opt_state, curve = tx.init(lora), []
-    for _ in range(steps):
-        lora, opt_state, value = step(lora, opt_state, next(train_batches))
-        curve.append(float(value))
-    return dict(eval_loss_before=before, eval_loss_after=evaluate(lora), train_curve=curve)
-
-
-def run(workdir, arg=None, base_workdir=None):
-    import jax
-    from etils import epath
+    import jax.numpy as jnp
 
     from research.quant import param_bytes
-    from research.quant.qlora import init_qlora
-    from research.train.loop import train
+    from research.train.metrics import read_metrics
+    from research.train.runs import load_run
+    from research.train.tasks import get_task
+
+    loaded = load_run(run.workdir)
+    task = get_task(loaded.config.train.task)(loaded.config, loaded.tokenizer)
+    batches = task.eval_batches(0, 1)
+    sums = jax.jit(task.eval_sums)
+
+    def evaluate(params):
+        out = [sums(params, loaded.base, b) for b in batches]
+        return sum(float(o["loss_sum"]) for o in out) / sum(float(o["count"]) for o in out)
+
+    curve = {m["step"]: m["loss"] for m in read_metrics(run.workdir) if "loss" in m}  # a resume may repeat steps
+    return dict(
+        eval_loss_before=evaluate(jax.tree.map(jnp.zeros_like, loaded.params)),  # delta W = 0: the base alone
+        eval_loss_after=evaluate(loaded.params),
+        train_curve=sorted(curve.items()),
+        base_bytes=param_bytes(loaded.base),
+        trainable_params=sum(x.size for x in jax.tree.leaves(loaded.params)),
+    )
+
+
+def analyze(workdir, runs, arg=None):
+    """The format table on the base run's weights, then the LoRA vs QLoRA comparison."""
     from research.train.runs import load_run
     from research.train.tasks import Task
 
-    workdir = epath.Path(workdir)
-    parsed = _arg(arg)
-    scale = SCALES[parsed.scale]
-    finetune_steps, new_tokens = parsed.finetune_steps or scale[8], scale[9]
-    if base_workdir is None:
-        base_workdir = workdir / "base"
-        train(get_config(arg), base_workdir)  # resumes, or does nothing when finished
-    loaded = load_run(base_workdir)
+    new_tokens = SCALES[_arg(arg).scale][9]
+    by_stage = {run.stage: run for run in runs}
+    loaded = load_run(by_stage["base"].workdir)
     model, params, tokenizer, config = loaded.model, loaded.params, loaded.tokenizer, loaded.config
     config.train.eval_batches = 16  # 16 x batch x seq_len held-out tokens, the same for every format
     eval_batches = Task(config, tokenizer).eval_batches(0, 1)
     rows = measure_formats(model, params, eval_batches, tokenizer, new_tokens)
-
-    # QLoRA vs LoRA: the same factors' init, the same fine-tuning batches (another seed's
-    # shuffle of the train split than the pretraining run saw first).
-    ft_config = config.copy_and_resolve_references()
-    ft_config.train.seed = config.train.seed + 1
-    base_q = quantized_tree(params, "nf4 g64 + double quant")
-    lora = init_qlora(base_q, target=LORA["target"], rank=LORA["rank"], rng=jax.random.key(0))
     finetunes = {}
-    for name, base, quantized in (("LoRA (float32 base)", params, False), ("QLoRA (NF4 base)", base_q, True)):
-        batches = Task(ft_config, tokenizer).train_iterator(0, 1)
-        result = finetune(model, base, lora, batches, eval_batches, quantized=quantized, steps=finetune_steps)
-        result["base_bytes"] = param_bytes(base)
-        result["trainable_params"] = sum(x.size for x in jax.tree.leaves(lora))
-        finetunes[name] = result
-        print(name, {k: v for k, v in result.items() if k != "train_curve"}, flush=True)
-    write_results(workdir, rows, finetunes, finetune_steps, new_tokens)
+    for name, stage in (("LoRA (float32 base)", "lora"), ("QLoRA (NF4 base)", "qlora")):
+        finetunes[name] = finetune_result(by_stage[stage])
+        print(name, {k: v for k, v in finetunes[name].items() if k != "train_curve"}, flush=True)
+    write_results(workdir, rows, finetunes, by_stage["lora"].config.train.steps, new_tokens)
 
 
 def write_results(workdir, rows, finetunes, finetune_steps, new_tokens):
@@ -274,8 +276,9 @@ def _plot(rows, finetunes, path):
     # The two runs see the same batches, so their per-step difference cancels the batch noise
     # that dominates either curve alone.
     (lora, qlora), names = finetunes.values(), list(finetunes)
-    gap = [q - f for q, f in zip(qlora["train_curve"], lora["train_curve"], strict=True)]
-    ax2.plot(range(1, len(gap) + 1), gap, label=f"{names[1]} - {names[0]}")
+    lora_curve, qlora_curve = dict(lora["train_curve"]), dict(qlora["train_curve"])
+    steps = sorted(set(lora_curve) & set(qlora_curve))
+    ax2.plot(steps, [qlora_curve[s] - lora_curve[s] for s in steps], label=f"{names[1]} - {names[0]}")
     ax2.axhline(0.0, color="gray", lw=0.5)
     ax2.set_xlabel("fine-tuning step")
     ax2.set_ylabel("train loss difference (same batch)")
@@ -283,18 +286,3 @@ def _plot(rows, finetunes, path):
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument(
-        "--arg", default=None, help="scale=tiny|full,steps=N,finetune_steps=N (as after ':' in --config)"
-    )
-    parser.add_argument("--base_workdir", default=None, help="a finished LM run to quantize instead of pretraining")
-    args = parser.parse_args()
-    run(args.workdir, args.arg, args.base_workdir)
-
-
-if __name__ == "__main__":
-    main()

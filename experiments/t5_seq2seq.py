@@ -1,23 +1,27 @@
 r"""T5-style: span-corruption pretraining on the embedded corpus, then seq2seq fine-tuning on generated
 tasks (reverse, uppercase, sort, arithmetic); exact match of greedy generations on held-out prompts.
 
-  python -m experiments.t5_seq2seq --workdir workdirs/t5_seq2seq [--arg scale=tiny]
+  python -m research.sweep --config experiments/t5_seq2seq.py[:scale=tiny] --workdir workdirs/t5_seq2seq
 
-1. train.task=span_corruption on python_stdlib in WORKDIR/span (relative position bias,
+Stages (research/experiment.py), each one run in WORKDIR/<stage>:
+1. span: train.task=span_corruption on python_stdlib (relative position bias,
    RMSNorm, pre-norm, tied embedding scaled by d_model**-0.5: the T5 recipe).
-2. train.task=seq2seq from it (train.init_from) in WORKDIR/seq2seq, and from a random
-   init in WORKDIR/scratch. Generation runs through research.decode (encoder once,
-   cached cross-attention).
-3. results.md / results.json: exact match (and token accuracy) of both.
+2. seq2seq: train.task=seq2seq from the span run (train.init_from).
+3. scratch: the same fine-tuning from a random init. Generation runs through
+   research.decode (encoder once, cached cross-attention).
+Then results.md / results.json in WORKDIR: the span run's held-out target-token
+accuracy, and exact match (and token accuracy) of both fine-tuned runs.
 
-`get_config(arg)` is the fine-tuning run (train.init_from = `span=DIR`);
-`get_pretrain_config(arg)` the span-corruption run. Arguments: scale=tiny|full, span=DIR.
+`get_config(arg)` is the fine-tuning run (for research.main its train.init_from
+names workdirs/t5_seq2seq/span, where the command above pretrains; the stages set
+it); `get_pretrain_config(arg)` the span-corruption run. `--config.*` overrides
+apply to every stage that has the key. Arguments: scale=tiny|full.
 """
 
-import argparse
 import json
 
 from research.config import parse_arg
+from research.experiment import Stage
 from research.train.tasks import task_config
 
 SCALES = {
@@ -25,10 +29,11 @@ SCALES = {
     "tiny": (2, 64, 4, 128, 32, 300, 600),
     "full": (12, 768, 12, 512, 128, 100_000, 10_000),
 }
+SPAN_WORKDIR = "workdirs/t5_seq2seq/span"  # get_config's init_from outside the stages (README's workdir)
 
 
 def _arg(arg):
-    arg = parse_arg(arg, scale="tiny", span="workdirs/t5_seq2seq/span")
+    arg = parse_arg(arg, scale="tiny")
     if arg.scale not in SCALES:
         raise ValueError(f"t5_seq2seq scale={arg.scale!r}; choose one of {sorted(SCALES)}")
     return arg
@@ -71,11 +76,21 @@ def get_pretrain_config(arg=None):
 
 
 def get_config(arg=None):
-    """Fine-tuning from the span-corruption run at `span` (train.init_from; "" for a random init)."""
+    """Fine-tuning from a span-corruption run (train.init_from; "" for a random init)."""
     arg = _arg(arg)
     c = _config(arg, "seq2seq", SCALES[arg.scale][6], 2e-3)
-    c.train.init_from = arg.span
+    c.train.init_from = SPAN_WORKDIR
     return c
+
+
+def get_stages(arg=None):
+    scratch = get_config(arg)
+    scratch.train.init_from = ""
+    return [
+        Stage("span", get_pretrain_config(arg)),
+        Stage("seq2seq", get_config(arg), inputs={"train.init_from": "span"}),
+        Stage("scratch", scratch),
+    ]
 
 
 def _final(workdir) -> dict:
@@ -84,32 +99,26 @@ def _final(workdir) -> dict:
     return [m for m in read_metrics(workdir) if "eval_loss" in m][-1]
 
 
-def run(workdir, arg=None):
-    from etils import epath
-
-    from research.train.loop import train
-
-    workdir = epath.Path(workdir).absolute()
-    span = workdir / "span"
-    train(get_pretrain_config(arg), span)  # resumes, or does nothing when finished
+def analyze(workdir, runs, arg=None):
+    """The span-corruption run's final eval, and both fine-tuned runs' exact match."""
+    del arg
+    by_stage = {run.stage: run for run in runs}
     rows = []
-    for name, init_from in (("seq2seq", str(span)), ("scratch", "")):
-        c = get_config(arg)
-        c.train.init_from = init_from
-        train(c, workdir / name)
-        f = _final(workdir / name)
+    for name in ("seq2seq", "scratch"):
+        run = by_stage[name]
+        f = _final(run.workdir)
         rows.append(
             dict(
                 run=name,
-                pretrained=bool(init_from),
+                pretrained=bool(run.config.train.init_from),
                 exact_match=f["exact_match"],
                 token_accuracy=f.get("eval_token_accuracy"),
                 eval_loss=f["eval_loss"],
             )
         )
-    pre = _final(span)
+    pre = _final(by_stage["span"].workdir)
     (workdir / "results.json").write_text(json.dumps(dict(span_corruption=pre, seq2seq=rows), indent=1))
-    tasks = get_config(arg).seq2seq.tasks
+    tasks = by_stage["seq2seq"].config.seq2seq.tasks
     lines = [
         f"Span corruption: held-out target-token accuracy {pre.get('eval_token_accuracy', float('nan')):.3f}, "
         f"loss {pre['eval_loss']:.3f}",
@@ -127,15 +136,3 @@ def run(workdir, arg=None):
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--arg", default=None, help="scale=tiny|full (as after ':' in --config)")
-    args = parser.parse_args()
-    run(args.workdir, args.arg)
-
-
-if __name__ == "__main__":
-    main()

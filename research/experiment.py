@@ -129,6 +129,8 @@ def plan(experiment, arg, workdir, overrides: dict | None = None) -> list[Run]:
     workdirs of the stages it reads, then the command line's overrides (applied to every run whose
     config has the key; a key no run has is an error). Validates every config before anything runs."""
     workdir = epath.Path(workdir)
+    if "://" not in str(workdir):  # stages record each other's workdirs: absolute, so reruns from elsewhere match
+        workdir = workdir.absolute()
     overrides = dict(overrides or {})
     runs: list[Run] = []
     by_name: dict[str, list[Run]] = {}

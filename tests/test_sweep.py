@@ -1,8 +1,19 @@
+import math
+import pathlib
+import types
+
 import pytest
 
 from research.config import default_config
-from research.experiment import apply_overrides, load_config, load_experiment, run_name
-from research.train.tasks import validate_config
+from research.experiment import Stage, apply_overrides, load_config, load_experiment, plan, run_experiment, run_name
+from research.train.tasks import task_config, validate_config
+from tests.train import conftest as train_conftest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+data_dir = train_conftest.data_dir  # the prepared stdlib corpus (a session fixture)
+STAGED = sorted(
+    str(p.relative_to(REPO)) for p in (REPO / "experiments").glob("*.py") if "def get_stages(" in p.read_text()
+)
 
 
 def test_run_names_and_overrides():
@@ -23,3 +34,124 @@ def test_tokenizer_experiment_sweep_is_valid():
     assert kinds == {"byte", "char", "word", "bpe", "wordpiece", "unigram"}
     for overrides in sweep:
         validate_config(apply_overrides(base, overrides))
+
+
+def _get(config, dotted):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def test_the_migrated_experiments_are_staged():
+    for name in ("bert_classify", "t5_seq2seq", "quantization", "distillation", "lora_rank"):
+        assert f"experiments/{name}.py" in STAGED
+
+
+@pytest.mark.parametrize("path", STAGED)
+def test_staged_experiment_plans_and_wires_its_inputs(path, tmp_path):
+    """Every run's config is valid, lives in WORKDIR/<stage>[/<run>], and reads its inputs from its siblings."""
+    experiment, arg = load_experiment(path)
+    stages = experiment.get_stages(arg)
+    runs = plan(experiment, arg, tmp_path)
+    assert [r.stage for r in runs] == [s.name for s in stages for _ in (s.sweep or [None])]
+    for stage in stages:
+        mine = [r for r in runs if r.stage == stage.name]
+        for run in mine:
+            want = tmp_path / stage.name / run_name(run.overrides) if stage.sweep else tmp_path / stage.name
+            assert run.workdir == want
+            for key, source in stage.inputs.items():
+                assert _get(run.config, key) == str(tmp_path / source), (run.name, key)
+    # A --config override (a key of get_config) reaches every run that has the key.
+    runs = plan(experiment, arg, tmp_path, {"train.steps": 2})
+    assert {r.config.train.steps for r in runs} == {2}
+
+
+def _tiny(corpus, task="lm"):
+    """A config small enough to train 2 steps in seconds, on whatever fake devices the session has."""
+    import jax
+
+    c = task_config(task)
+    c.model.update(num_layers=2, d_model=32, num_heads=2, num_kv_heads=2, mlp_dim=64)
+    c.data.update(seq_len=32, data_dir=corpus)
+    c.train.update(steps=2, batch_size=4, eval_every=2, checkpoint_every=2, log_every=1, eval_batches=1)
+    data = math.gcd(4, jax.device_count())
+    c.mesh.update(data=data, tensor=jax.device_count() // data)
+    return c
+
+
+def _experiment(stages, analyzed=None):
+    def analyze(workdir, runs, arg):
+        if analyzed is not None:
+            analyzed.append((workdir, [r.name for r in runs], arg))
+
+    return types.SimpleNamespace(get_stages=lambda arg: stages, analyze=analyze)
+
+
+def _mtimes(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_runner_trains_in_order_resumes_and_skips(tmp_path, data_dir, monkeypatch):
+    from research.train import checkpoint, loop
+
+    trained = []
+    real_train = loop.train
+    monkeypatch.setattr(loop, "train", lambda config, workdir: (trained.append(workdir), real_train(config, workdir)))
+    config = _tiny(data_dir)
+    analyzed = []
+    experiment = _experiment(
+        [Stage("a", config), Stage("b", config, inputs={"train.init_from": "a"})],
+        analyzed,
+    )
+    overrides = {"train.log_every": 2}  # as `--config.train.log_every=2`: every run has the key
+    work = tmp_path / "exp"
+
+    # only=: just that stage, no analysis.
+    run_experiment(experiment, "x", work, overrides, only="a")
+    assert trained == [work / "a"] and not (work / "b").exists() and not analyzed
+    assert checkpoint.finished(work / "a", 2)
+    a_files = _mtimes(work / "a")
+
+    # The whole experiment: a is finished (skipped, untouched), b trains from it, then the analysis.
+    runs = run_experiment(experiment, "x", work, overrides)
+    assert trained == [work / "a", work / "b"]
+    assert _mtimes(work / "a") == a_files
+    assert checkpoint.finished(work / "b", 2)
+    assert [r.workdir for r in runs] == [work / "a", work / "b"]
+    assert runs[1].config.train.init_from == str(work / "a")
+    assert {r.config.train.log_every for r in runs} == {2}
+    assert analyzed == [(work, ["a", "b"], "x")]
+
+    # A rerun trains nothing and changes no file; the analysis runs again.
+    before = _mtimes(work)
+    run_experiment(experiment, "x", work, overrides)
+    assert trained == [work / "a", work / "b"]
+    assert _mtimes(work) == before
+    assert len(analyzed) == 2
+
+    with pytest.raises(ValueError, match="--only='c' is not a stage"):
+        run_experiment(experiment, "x", work, overrides, only="c")
+
+
+def test_plan_overrides_and_errors(tmp_path):
+    lm, sft = _tiny(""), _tiny("", "sft")  # nothing trains: no corpus needed
+    stages = [Stage("lm", lm), Stage("sft", sft, sweep=({"peft.method": "lora"}, {"peft.method": "adapter"}))]
+    runs = plan(_experiment(stages), None, tmp_path, {"train.seed": 3, "sft.eval_examples": 7})
+    assert [r.name for r in runs] == ["lm", "sft/method=lora", "sft/method=adapter"]
+    assert [r.workdir for r in runs] == [tmp_path / "lm", tmp_path / "sft/method=lora", tmp_path / "sft/method=adapter"]
+    assert all(r.config.train.seed == 3 for r in runs)  # every run has the key
+    assert "sft" not in runs[0].config and [r.config.sft.eval_examples for r in runs[1:]] == [7, 7]
+    assert lm.train.seed == 0 and sft.sft.eval_examples != 7  # the stages' own configs are untouched
+
+    with pytest.raises(ValueError, match=r"\['model.nope'\]"):  # a key no run has
+        plan(_experiment(stages), None, tmp_path, {"train.seed": 3, "model.nope": 1})
+    with pytest.raises(ValueError, match="'missing'"):  # inputs naming an unknown stage
+        plan(_experiment([Stage("lm", lm), Stage("b", lm, inputs={"train.init_from": "missing"})]), None, tmp_path)
+    with pytest.raises(ValueError, match="'later'"):  # ... or one that runs after it
+        plan(_experiment([Stage("b", lm, inputs={"train.init_from": "later"}), Stage("later", lm)]), None, tmp_path)
+    with pytest.raises(ValueError, match="distinct"):
+        plan(_experiment([Stage("lm", lm), Stage("lm", lm)]), None, tmp_path)
+    with pytest.raises(ValueError, match="reads train.init_from from 'sft'.*2 runs"):  # a sweep is no single input
+        plan(_experiment([*stages, Stage("c", lm, inputs={"train.init_from": "sft"})]), None, tmp_path)
+    runs = plan(_experiment([*stages, Stage("c", lm, inputs={"train.init_from": "sft/method=lora"})]), None, tmp_path)
+    assert runs[-1].config.train.init_from == str(tmp_path / "sft/method=lora")
