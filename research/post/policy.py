@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,8 @@ from research.post import prompts as prompts_lib
 from research.post.logprobs import token_logprobs
 from research.post.rewards import RewardInputs, RewardModel, Rewards
 from research.train import runs
-from research.train.tasks import Task
+from research.train.sharding import LOGICAL_RULES, logical_shardings, make_mesh
+from research.train.tasks import Task, get_task, validate_config
 
 POST_SECTION = dict(
     base_workdir="",  # the run post-training starts from (SFT): initial weights, the KL reference, the PEFT base
@@ -264,3 +266,19 @@ def _sequence_kl(task, params, frozen, samples):
     logp = token_logprobs(task.apply_policy(params, frozen, batch), samples.tokens)
     ref = token_logprobs(task.reference_logits(frozen, batch), samples.tokens)
     return jnp.mean(jnp.sum((logp - ref) * mask, axis=1)), jnp.mean(samples.lengths.astype(jnp.float32))
+
+
+def evaluate_start(config, mesh=None) -> dict:
+    """A sampling task's evaluation of its starting policy (post.base_workdir's model; KL 0 by construction):
+    the step-0 point of an RL curve, on the same prompts and samples as every later evaluation."""
+    validate_config(config)
+    tokenizer = runs.read_tokenizer(config.post.base_workdir, "post.base_workdir")
+    task = get_task(config.train.task)(config, tokenizer)
+    mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1)) if mesh is None else mesh
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        frozen = task.frozen_params(mesh)
+        boxed = jax.eval_shape(task.init_params, jax.random.key(0))
+        params = jax.jit(lambda r: nn.unbox(task.init_params(r)), out_shardings=logical_shardings(boxed, mesh))(
+            jax.random.key(config.train.seed)
+        )
+        return task.evaluate(task.initial_params(params, frozen), frozen)

@@ -76,7 +76,7 @@ def check_same_model(config, tokenizer, workdir, *, field: str) -> None:
     or their log-probabilities and scores would not line up with the policy's tokens.
     """
     other = read_config(workdir, field=field)
-    other_tokenizer = _read_tokenizer(workdir, field)
+    other_tokenizer = read_tokenizer(workdir, field)
     mine = dataclasses.asdict(config_lib.model_config(config, tokenizer.vocab_size))
     theirs = dataclasses.asdict(config_lib.model_config(other, other_tokenizer.vocab_size))
     diffs = [f"model.{k}: {field} {theirs[k]!r}, this run {v!r}" for k, v in mine.items() if theirs.get(k) != v]
@@ -92,7 +92,7 @@ def check_same_model(config, tokenizer, workdir, *, field: str) -> None:
         )
 
 
-def _read_tokenizer(workdir, field):
+def read_tokenizer(workdir, field):
     path = epath.Path(workdir) / "tokenizer.json"
     if not path.exists():
         raise ValueError(f"{field}={str(workdir)!r} holds no tokenizer.json: not a finished training workdir")
@@ -166,7 +166,7 @@ def load_run(workdir, mesh=None, *, field: str = "workdir") -> LoadedRun:
     """
     workdir = epath.Path(workdir)
     config = read_config(workdir, field=field)
-    tokenizer = _read_tokenizer(workdir, field)
+    tokenizer = read_tokenizer(workdir, field)
     try:
         adapted = adapted_model(config, tokenizer.vocab_size)
     except ValueError as e:

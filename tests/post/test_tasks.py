@@ -14,6 +14,7 @@ from research.post import advantages as adv_lib
 from research.post.rewards import RewardInputs, Rewards
 from research.tokenizers import load_tokenizer
 from research.train.loop import train
+from research.train.runs import load_run
 from research.train.sharding import LOGICAL_RULES, make_mesh
 from research.train.sources import to_global
 from research.train.state import create_train_state, make_optimizer
@@ -56,6 +57,11 @@ def test_reward_model_loss_is_bradley_terry_of_last_token_scores(base_run, senti
     config = post_config("reward", sentiment_data_dir, base_run)
     task, state, frozen, mesh = setup(config, base_run)
     assert "scalar_head" in state.params and "lm_head" not in state.params
+    # The body starts as the base run's model; the score head keeps its fresh init (std 0.02, not the base's).
+    base = load_run(base_run)
+    for a, b in zip(jax.tree.leaves(state.params["block_0"]), jax.tree.leaves(base.params["block_0"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert 0 < float(np.std(np.asarray(state.params["scalar_head"]["kernel"]))) < 0.05
     batch = next(task.train_iterator(0, 1))
     with jax.set_mesh(mesh):
         total, count, sums = jax.jit(task.loss)(state.params, frozen, to_global(batch, mesh), None)

@@ -12,7 +12,7 @@ import pytest
 from research.peft.lora import count_trainable
 from research.tokenizers import ByteTokenizer
 from research.train.loop import train
-from research.train.runs import check_same_model
+from research.train.runs import check_same_model, load_run
 from research.train.sharding import make_mesh
 from research.train.state import create_train_state, make_optimizer
 from research.train.step import train_step
@@ -111,6 +111,17 @@ def test_lora_run_on_a_pretrained_base(tmp_path, data_dir):
     params = [k for k in keys if k.startswith("('params'")]
     assert params and all(k.endswith(("'a')", "'b')")) for k in params), params
     assert all(k.endswith(("'a')", "'b')")) for k in keys if "'mu'" in k or "'nu'" in k)
+    # The run as a model (research/train/runs.py): LoRA over the base, merged for decoding; the merged
+    # model computes what the adapted one does, and research.sample reads the workdir.
+    loaded = load_run(tmp_path / "sft")
+    assert loaded.adapted.spec.method == "lora" and loaded.base is not None
+    tokens = jnp.asarray([[5, 40, 41, 42, 3]])
+    adapted = loaded.adapted.apply({"params": loaded.params_dict()}, tokens)
+    model, merged = loaded.for_decoding()
+    np.testing.assert_allclose(np.asarray(model.apply({"params": merged}, tokens)), np.asarray(adapted), atol=1e-5)
+    from research.sample import print_samples
+
+    assert len(print_samples(tmp_path / "sft", ["ab"], max_new_tokens=3, temperature=0.0, top_k=0, top_p=1.0)) == 1
     other = _config("lora")
     other.model.d_model = 64
     other.sft.base_workdir = str(tmp_path / "base")

@@ -107,3 +107,16 @@ def test_init_from_loads_shared_paths_and_keeps_new_ones(tmp_path):
         checkpoint.init_from(tmp_path / "base", {"other": jnp.zeros(2)})
     with pytest.raises(ValueError, match="holds no checkpoint"):
         checkpoint.init_from(tmp_path / "empty", fresh)
+
+
+def test_batch_leaves_are_sharded_by_rank():
+    """Rewards [b], tokens [b, L] and pairs [b, 2, L] all split their rows over the batch axes."""
+    from research.train.sharding import make_mesh
+    from research.train.sources import to_global
+
+    mesh = make_mesh(dict(data=2, fsdp=2, tensor=2), jax.devices()[:8])
+    batch = {"reward": np.arange(8.0), "tokens": np.zeros((8, 5), np.int32), "pairs": np.zeros((8, 2, 5), np.int32)}
+    out = to_global(batch, mesh)
+    for key, value in out.items():
+        assert value.sharding.shard_shape(value.shape) == (2, *batch[key].shape[1:]), key  # 8 rows / (data*fsdp)
+        np.testing.assert_array_equal(np.asarray(value), batch[key])
