@@ -78,7 +78,7 @@ def check_post_config(config) -> None:
 
 def check_policy_config(config) -> None:
     p = config.policy
-    prompts_lib.prompt_set(p, 0)  # names rl.prompts / its options when bad
+    prompts_lib.prompt_set(p, 0)  # names policy.prompts / its options when bad
     sampling_config(config, eval=False).validate("policy")
     for key in ("eval_prompts", "eval_samples"):
         if p[key] < 0:

@@ -7,11 +7,11 @@ Templates (`post.template`) say how a prompt and a response are laid out:
   chat    [BOS] prompt [SEP] response [EOS], research.data.instructions'
           template: the model answers and stops at [EOS].
 
-Prompt sets (`rl.prompts`), each with a gold reward that knows the truth:
+Prompt sets (`policy.prompts`), each with a gold reward that knows the truth:
   sentiment     prompts of the toy language (research/data/sentiment.py); gold
                 reward (#positive - #negative) / #words of the response.
   instructions  held-in/held-out prompts of research.data.instructions (kinds from
-                rl.instruction_tasks); gold reward 1 for the exact answer, else 0
+                policy.instruction_tasks); gold reward 1 for the exact answer, else 0
                 (the instructions set's own verifier).
 A prompt's index and split alone determine it, so every process and every resumed
 run sees the same ones.
@@ -113,16 +113,19 @@ class InstructionPrompts(PromptSet):
         return float(instructions.exact_match(prompt.example, response))
 
 
-def prompt_set(rl, seed: int) -> PromptSet:
-    """The prompt set config.rl describes (rl.prompts and its options)."""
-    if rl.prompts == "sentiment":
-        if rl.prompt_words < 1:
-            raise ValueError(f"rl.prompt_words={rl.prompt_words} must be >= 1")
-        return SentimentPrompts(rl.prompt_words, seed)
-    if rl.prompts == "instructions":
-        kinds = tuple(k.strip() for k in rl.instruction_tasks.split(",") if k.strip())
-        return InstructionPrompts(instructions.check_kinds(kinds), seed)
-    raise ValueError(f"rl.prompts={rl.prompts!r}; choose one of {list(PROMPT_SETS)}")
+def prompt_set(policy, seed: int) -> PromptSet:
+    """The prompt set config.policy describes (policy.prompts and its options)."""
+    if policy.prompts == "sentiment":
+        if policy.prompt_words < 1:
+            raise ValueError(f"policy.prompt_words={policy.prompt_words} must be >= 1")
+        return SentimentPrompts(policy.prompt_words, seed)
+    if policy.prompts == "instructions":
+        kinds = tuple(k.strip() for k in policy.instruction_tasks.split(",") if k.strip())
+        try:
+            return InstructionPrompts(instructions.check_kinds(kinds), seed)
+        except ValueError as e:
+            raise ValueError(f"policy.instruction_tasks: {e}") from None
+    raise ValueError(f"policy.prompts={policy.prompts!r}; choose one of {list(PROMPT_SETS)}")
 
 
 # --- Preference pairs ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Reward functions: a registry of scores for sampled responses, and their weighted sum.
 
-`rl.rewards = "gold:1,format:0.1"` names registered functions with weights. Each
+`policy.rewards = "gold:1,format:0.1"` names registered functions with weights. Each
 is called once per rollout with every row's prompt, decoded response and sample
 arrays (host numpy) and returns one float per row:
 
@@ -12,7 +12,7 @@ arrays (host numpy) and returns one float per row:
                   and whose answer has the kind's shape (a number, letters, digits),
                   plain ones that are non-empty
   length_penalty  -(response tokens / max_new_tokens)
-  reward_model    a learned reward model's score (a `reward` run, rl.reward_workdir)
+  reward_model    a learned reward model's score (a `reward` run, policy.reward_workdir)
 
 A reward that returns NaN, infinities or the wrong shape is an error naming it.
 Registering another is one class: `@register_reward("name")`.
@@ -59,7 +59,7 @@ def register_reward(name: str):
     return wrap
 
 
-def parse_rewards(spec: str, field: str = "rl.rewards") -> list[tuple[str, float]]:
+def parse_rewards(spec: str, field: str = "policy.rewards") -> list[tuple[str, float]]:
     """'gold:1,format:0.1' -> [("gold", 1.0), ("format", 0.1)]; a bare name weighs 1."""
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -78,7 +78,7 @@ def parse_rewards(spec: str, field: str = "rl.rewards") -> list[tuple[str, float
 class Rewards:
     """The weighted sum of the configured reward functions; also reports each one."""
 
-    def __init__(self, spec: str, *, prompt_set, template: str, reward_model=None, field: str = "rl.rewards"):
+    def __init__(self, spec: str, *, prompt_set, template: str, reward_model=None, field: str = "policy.rewards"):
         self.terms = parse_rewards(spec, field)
         self.fns = {}
         for name, _ in self.terms:
@@ -120,7 +120,7 @@ class ExactMatch(RewardFn):
         from research.data import instructions
 
         if any(p.example is None for p in inputs.prompts):
-            raise ValueError("reward 'exact_match' needs instruction prompts (rl.prompts='instructions')")
+            raise ValueError("reward 'exact_match' needs instruction prompts (policy.prompts='instructions')")
         return [
             float(instructions.exact_match(p.example, t)) for p, t in zip(inputs.prompts, inputs.texts, strict=True)
         ]
@@ -149,7 +149,7 @@ class LengthPenalty(RewardFn):
 class RewardModelReward(RewardFn):
     def __call__(self, inputs):
         if self.reward_model is None:
-            raise ValueError("reward 'reward_model' needs rl.reward_workdir: a finished train.task='reward' run")
+            raise ValueError("reward 'reward_model' needs policy.reward_workdir: a finished train.task='reward' run")
         return np.asarray(self.reward_model.score(inputs.samples))
 
 

@@ -7,6 +7,7 @@ samples from it; everything else reads a data iterator).
 """
 
 import functools
+import json
 import time
 
 import flax.linen as nn
@@ -28,14 +29,21 @@ from research.train.tasks import data_spec, get_task, validate_config
 
 
 def workdir_tokenizer(config, workdir):
-    """The workdir's saved tokenizer when resuming; else one trained on the start of the train split.
-
-    Training is deterministic, so every process of a multi-host run builds the same one.
+    """The workdir's saved tokenizer when resuming; else that of the run this one starts from (the
+    base it adapts, or train.init_from) when it has this run's data.tokenizer and vocab_size, so
+    their ids agree; else one trained on the start of the train split. Training is deterministic,
+    so every process of a multi-host run builds the same one.
     """
+    d = config.data
     path = epath.Path(workdir) / "tokenizer.json"
     if path.exists():
         return load_tokenizer(path)
-    d = config.data
+    for source in filter(None, (get_task(config.train.task).base_workdir(config), config.train.init_from)):
+        path, saved = epath.Path(source) / "tokenizer.json", epath.Path(source) / "config.json"
+        if path.exists() and saved.exists():
+            other = json.loads(saved.read_text()).get("data", {})
+            if (other.get("tokenizer"), other.get("vocab_size")) == (d.tokenizer, d.vocab_size):
+                return load_tokenizer(path)
     if d.tokenizer == "byte":  # nothing to learn
         return ByteTokenizer()
     texts = document_texts(data_spec(config), max_bytes=d.tokenizer_sample_bytes)

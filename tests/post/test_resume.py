@@ -18,9 +18,9 @@ CONFIG = """
 from tests.post.conftest import post_config
 
 def get_config(arg=None):
-    c = post_config("grpo", {data_dir!r}, {base!r}, steps=12)
+    c = post_config("grpo", {data_dir!r}, {base!r}, steps=8)
     c.rl.epochs = 2  # each rollout feeds 2 epochs x 2 minibatches = 4 updates: checkpoints fall between rollouts
-    c.train.update(checkpoint_every=4, eval_every=12, log_every=2)
+    c.train.update(checkpoint_every=4, eval_every=8, log_every=2)
     return c
 """
 
@@ -42,10 +42,10 @@ def test_sigkill_during_grpo_then_resume_equals_uninterrupted(tmp_path, sentimen
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "checkpoints" / "12").exists(), "the run finished before it could be killed"
-    run(command(killed), devices=2)  # resumes from step 4 (or 8): the next rollout, same prompts, same draws
+    assert not (killed / "checkpoints" / "8").exists(), "the run finished before it could be killed"
+    run(command(killed), devices=2)  # resumes from step 4: the next rollout, same prompts, same draws
     step_a, params_a = final_params(reference)
     step_b, params_b = final_params(killed)
-    assert step_a == step_b == 12
+    assert step_a == step_b == 8
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
         np.testing.assert_array_equal(a, b)
