@@ -72,7 +72,9 @@ class GRPOTask(RLTask, SamplingTask):
         r, g = self.config.rl, self.config.grpo
         logits, logp = self._logprobs(params, frozen, batch, rng)
         mask = batch["loss_mask"].astype(jnp.float32)
-        pg, clipped = losses.ppo_policy_loss(logp, batch["old_logprobs"], batch["advantages"], clip_eps=r.clip_eps)
+        # One update per rollout: the policy that sampled is the one being updated, ratio 1 (TRL's shortcut).
+        old = batch["old_logprobs"] if "old_logprobs" in batch else jax.lax.stop_gradient(logp)
+        pg, clipped = losses.ppo_policy_loss(logp, old, batch["advantages"], clip_eps=r.clip_eps)
         kl = kl_lib.kl_per_token(logp, batch["ref_logprobs"], kind=g.kl_estimator)
         entropy = token_entropy(logits, temperature=self.config.policy.temperature)
         per_token = {"pg_loss": pg, "kl": kl, "entropy": entropy, "clip_fraction": clipped}
@@ -88,20 +90,23 @@ class GRPOTask(RLTask, SamplingTask):
 
 @functools.partial(jax.jit, static_argnames=("task",))
 def _process(task, params, frozen, samples, rewards):
-    """The rollout's training rows: old and reference log-probs, group-normalised advantages."""
+    """The rollout's training rows: old (if several updates share the rollout) and reference log-probs,
+    group-normalised advantages."""
     g, temperature = task.config.grpo, task.config.policy.temperature
     batch = response_batch(samples)
-    _, old = task._logprobs(params, frozen, batch)
     ref = token_logprobs(task.reference_logits(frozen, batch), batch["tokens"], temperature=temperature)
     mask = batch["loss_mask"].astype(jnp.float32)
     batch.update(
-        old_logprobs=old,
         ref_logprobs=ref,
         advantages=adv_lib.group_advantages(rewards, g.group_size, normalize_std=g.normalize_std),
     )
+    if task.updates_per_rollout() > 1:  # later updates need the sampling policy's log-probs for the ratio
+        batch["old_logprobs"] = task._logprobs(params, frozen, batch)[1]
     groups = rewards.reshape(-1, g.group_size)
     stats = {
-        "kl": jnp.mean(jnp.sum((old - ref) * mask, axis=1)),  # per sequence, k1, at the sampling temperature
+        # Per sequence, k1, at the sampling temperature; the sampler's log-probs are the policy's (within
+        # float32 summation order, tests/decode/test_sampler.py) when no top-k/top-p filter is set.
+        "kl": jnp.mean(jnp.sum((samples.logprobs - ref) * mask, axis=1)),
         "tied_groups": jnp.mean(jnp.all(groups == groups[:, :1], axis=1).astype(jnp.float32)),
     }
     return batch, stats

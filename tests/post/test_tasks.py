@@ -94,6 +94,9 @@ def test_grpo_rollout_and_first_update(base_run, sentiment_data_dir):
         batch, stats = task.process_rollout(state.params, frozen, samples, jnp.asarray(total), 0.05)
         loss = lambda p: task.loss(p, frozen, batch, None)[0]  # noqa: E731
         value, grads = jax.jit(jax.value_and_grad(loss))(state.params)
+        # One update per rollout skips the old log-probs (ratio 1 by construction): the same first step.
+        one_pass = {k: v for k, v in batch.items() if k != "old_logprobs"}
+        grads_one = jax.jit(jax.grad(lambda p: task.loss(p, frozen, one_pass, None)[0]))(state.params)
         minibatches = task.batch_source(task.train_iterator(0, 1), mesh).rollout(state.params, frozen, 0)
     gold = np.array([task.prompt_set.language.gold_reward(t) for t in texts]).reshape(4, 4)
     np.testing.assert_allclose(total.reshape(4, 4), gold, rtol=1e-6)
@@ -103,6 +106,7 @@ def test_grpo_rollout_and_first_update(base_run, sentiment_data_dir):
     assert abs(float(stats["kl"])) < 1e-5
     np.testing.assert_allclose(float(value), 0.0, atol=1e-5)
     assert float(optax.tree.norm(grads)) > 1e-4
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads, grads_one)
     assert [m["tokens"].shape for m in minibatches] == [(8, 8 + 6)] * 2  # 16 rows / train.batch_size 8
 
 
