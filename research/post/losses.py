@@ -42,7 +42,7 @@ def pair_accuracy(r_chosen, r_rejected):
     return _win_rate(jnp.asarray(r_chosen, jnp.float32) - jnp.asarray(r_rejected, jnp.float32))
 
 
-def _check_dpo(beta, loss_type, label_smoothing):
+def check_dpo(beta, loss_type, label_smoothing):
     if beta <= 0:
         raise ValueError(f"dpo.beta must be > 0, got {beta}")
     if loss_type not in DPO_LOSS_TYPES:
@@ -63,7 +63,7 @@ def dpo_loss(
     "accuracy" = 1.0 where margin > 0 (0.5 on ties). The reference log-probs
     get no gradient.
     """
-    _check_dpo(beta, loss_type, label_smoothing)
+    check_dpo(beta, loss_type, label_smoothing)
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     chosen = f32(policy_chosen) - jax.lax.stop_gradient(f32(ref_chosen))  # [b]
     rejected = f32(policy_rejected) - jax.lax.stop_gradient(f32(ref_rejected))  # [b]

@@ -102,3 +102,23 @@ def sequence_logprobs(logits, flat) -> jax.Array:
 
     logp = token_logprobs(logits, flat["tokens"])
     return jnp.sum(logp * flat["response_mask"].astype(jnp.float32), axis=1)
+
+
+class PairTask:
+    """Mixin of the tasks that learn from preference pairs (reward, dpo): the `preference` section,
+    the pairs, their train iterator and eval batches. Goes before the task's base class."""
+
+    @classmethod
+    def validate_config(cls, config) -> None:
+        super().validate_config(config)
+        check_preference_config(config)
+
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        self.pairs = PairData(config, tokenizer)
+
+    def train_iterator(self, process_index, process_count):
+        return self.pairs.train_iterator(process_index, process_count)
+
+    def eval_batches(self, process_index, process_count):
+        return self.pairs.eval_batches(self.config.train.eval_batches, process_index, process_count)

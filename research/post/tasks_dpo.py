@@ -20,7 +20,7 @@ reward and KL(pi || ref) from policy.eval_prompts x policy.eval_samples samples.
 import jax.numpy as jnp
 
 from research.post import losses
-from research.post.pairs import PREFERENCE_SECTION, PairData, check_preference_config, flatten_pairs, sequence_logprobs
+from research.post.pairs import PREFERENCE_SECTION, PairTask, flatten_pairs, sequence_logprobs
 from research.post.policy import POLICY_SECTION, POST_SECTION, SamplingTask
 from research.train.step import objective_sums
 from research.train.tasks import register_task
@@ -33,7 +33,7 @@ DPO_SECTION = dict(
 
 
 @register_task("dpo")
-class DPOTask(SamplingTask):
+class DPOTask(PairTask, SamplingTask):
     """DPO; see the module docstring."""
 
     config_sections = {"post": POST_SECTION, "policy": POLICY_SECTION, "preference": PREFERENCE_SECTION,
@@ -43,27 +43,8 @@ class DPOTask(SamplingTask):
     @classmethod
     def validate_config(cls, config) -> None:
         super().validate_config(config)
-        check_preference_config(config)
         d = config.dpo
-        losses.dpo_loss(
-            jnp.zeros(1),
-            jnp.zeros(1),
-            jnp.zeros(1),
-            jnp.zeros(1),
-            beta=d.beta,
-            loss_type=d.loss_type,
-            label_smoothing=d.label_smoothing,
-        )  # fmt: skip  (names dpo.beta / loss_type / smoothing)
-
-    def __init__(self, config, tokenizer):
-        super().__init__(config, tokenizer)
-        self.pairs = PairData(config, tokenizer)
-
-    def train_iterator(self, process_index, process_count):
-        return self.pairs.train_iterator(process_index, process_count)
-
-    def eval_batches(self, process_index, process_count):
-        return self.pairs.eval_batches(self.config.train.eval_batches, process_index, process_count)
+        losses.check_dpo(d.beta, d.loss_type, d.label_smoothing)
 
     def _sums(self, params, frozen, batch, rng):
         flat = flatten_pairs(batch)

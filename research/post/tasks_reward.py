@@ -14,7 +14,7 @@ loss. Logged per step: accuracy, margin, and the mean chosen/rejected scores.
 import jax.numpy as jnp
 
 from research.post import losses
-from research.post.pairs import PREFERENCE_SECTION, PairData, check_preference_config, flatten_pairs
+from research.post.pairs import PREFERENCE_SECTION, PairTask, flatten_pairs
 from research.post.policy import POST_SECTION, PostTask
 from research.post.rewards import last_real
 from research.train.step import objective_sums
@@ -22,7 +22,7 @@ from research.train.tasks import register_task
 
 
 @register_task("reward")
-class RewardTask(PostTask):
+class RewardTask(PairTask, PostTask):
     """Bradley-Terry reward modelling; see the module docstring."""
 
     config_sections = {"post": POST_SECTION, "preference": PREFERENCE_SECTION}
@@ -30,21 +30,6 @@ class RewardTask(PostTask):
     needs_reference = False
     model_heads = ("scalar",)
     samples_after_training = False  # a score, not a language model
-
-    @classmethod
-    def validate_config(cls, config) -> None:
-        super().validate_config(config)
-        check_preference_config(config)
-
-    def __init__(self, config, tokenizer):
-        super().__init__(config, tokenizer)
-        self.pairs = PairData(config, tokenizer)
-
-    def train_iterator(self, process_index, process_count):
-        return self.pairs.train_iterator(process_index, process_count)
-
-    def eval_batches(self, process_index, process_count):
-        return self.pairs.eval_batches(self.config.train.eval_batches, process_index, process_count)
 
     def scores(self, params, frozen, batch, rng=None):
         """[rows, 2] scores of (chosen, rejected)."""
