@@ -53,6 +53,8 @@ from flax import struct
 
 from research.decode.processors import StepContext, ends_with, forbid
 from research.decode.sampling import top_k_filter, top_p_filter
+from research.train.sharding import BATCH_AXES, LOGICAL_RULES
+from research.train.sources import replicated_rows
 
 MIN_BUCKET = 8
 
@@ -174,26 +176,20 @@ def check_prompts(model, prompts, max_new_tokens: int, *, field: str = "prompts"
 
 
 def _batch_parallel(mesh) -> int:
-    from research.train.sharding import BATCH_AXES
-
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape])) if mesh is not None else 1
 
 
 def _place(arrays, mesh):
-    """numpy [rows, ...] -> jax arrays sharded over the mesh's batch axes (or plain device arrays)."""
+    """Host arrays [rows, ...], the same on every process -> jax arrays with rows over the mesh's batch axes."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, arrays)
-    from research.train.sources import batch_leaf_sharding
-
-    return jax.tree.map(lambda a: jax.device_put(a, batch_leaf_sharding(mesh, a.ndim)), arrays)
+    return jax.tree.map(lambda a: replicated_rows(a, mesh), arrays)
 
 
 def _in_mesh(mesh, fn):
     """fn() inside the mesh and the logical-axis rules, so the model's sharding constraints apply."""
     if mesh is None:
         return fn()
-    from research.train.sharding import LOGICAL_RULES
-
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         return fn()
 

@@ -34,7 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from research.decode import sample
-from research.train.sources import batch_leaf_sharding
+from research.train.sources import batch_leaf_sharding, replicated_rows
 
 RL_SECTION = dict(
     rollout_prompts=8,  # prompts per rollout (rows = rollout_prompts * samples per prompt)
@@ -50,12 +50,6 @@ def host(x):
     if jax.process_count() > 1:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
-
-
-def global_array(value: np.ndarray, mesh):
-    """The same host array on every process -> a jax.Array sharded by rank over the mesh's batch axes."""
-    sharding = batch_leaf_sharding(mesh, value.ndim)
-    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def prompt_iterator(num_prompts: int, rollout_prompts: int, seed: int):
@@ -125,7 +119,7 @@ class RolloutSource(grain.DatasetIterator):
         )
         gold = np.array([task.prompt_set.gold(r, t) for r, t in zip(rows, texts, strict=True)], np.float32)
         scored = time.perf_counter()
-        batch, stats = task.process_rollout(params, frozen, samples, global_array(total, mesh), self.kl_coef)
+        batch, stats = task.process_rollout(params, frozen, samples, replicated_rows(total, mesh), self.kl_coef)
         stats = {k: float(v) for k, v in jax.device_get(stats).items()}
         new_tokens = int(host(samples.lengths).sum())
         record = {
@@ -150,7 +144,7 @@ class RolloutSource(grain.DatasetIterator):
         for epoch in range(self.task.config.rl.epochs):
             order = np.asarray(jax.random.permutation(jax.random.fold_in(rng, epoch), rows))
             for start in range(0, rows, size):
-                idx = global_array(order[start : start + size], self.mesh)
+                idx = replicated_rows(order[start : start + size], self.mesh)
                 gathered = self._gather(batch, idx)
                 out.append(jax.tree.map(lambda x: jax.device_put(x, batch_leaf_sharding(self.mesh, x.ndim)), gathered))
         return out

@@ -31,8 +31,15 @@ def batch_leaf_sharding(mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def replicated_rows(value: np.ndarray, mesh):
+    """A host array that every process holds whole -> a jax.Array with its rows over the batch axes."""
+    value = np.asarray(value)
+    sharding = batch_leaf_sharding(mesh, value.ndim)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def to_global(batch: dict, mesh) -> dict:
-    """This process's rows (numpy) -> one global jax.Array per leaf, sharded by rank over the mesh."""
+    """This process's rows (numpy) of each leaf -> one global jax.Array, sharded by rank over the mesh."""
     return jax.tree.map(
         lambda v: jax.make_array_from_process_local_data(batch_leaf_sharding(mesh, np.ndim(v)), np.asarray(v)),
         batch,
