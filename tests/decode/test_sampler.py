@@ -79,8 +79,9 @@ def test_greedy_equals_an_argmax_rollout_and_generate(tiny):
     out = sample(model, params, prompts, SamplingConfig(max_new_tokens=6, temperature=0.0))
     for prompt, got in zip(prompts, out.responses(), strict=True):
         seq = list(prompt)
-        for _ in range(6):
-            seq.append(int(np.argmax(np.asarray(forward(params, jnp.asarray([seq])))[0, -1])))
+        for _ in range(6):  # right-padded to one length: one compile; causal, so padding never reaches t
+            row = jnp.asarray([seq + [0] * (24 - len(seq))])
+            seq.append(int(np.argmax(np.asarray(forward(params, row))[0, len(seq) - 1])))
         assert got == seq[len(prompt) :]
     assert generate(model, params, prompts, max_new_tokens=6) == out.responses()
 

@@ -21,6 +21,7 @@ def get_config(arg=None):
     c = post_config("grpo", {data_dir!r}, {base!r}, steps=8)
     c.rl.epochs = 2  # each rollout feeds 2 epochs x 2 minibatches = 4 updates: checkpoints fall between rollouts
     c.train.update(checkpoint_every=4, eval_every=8, log_every=2)
+    c.policy.eval_prompts = 0  # what is compared is the parameters: no sampled evaluation to compile
     return c
 """
 
