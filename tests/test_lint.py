@@ -11,7 +11,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("ruff") is None, reason="ruff is in the test extra: pip install -e .[test]"
+    importlib.util.find_spec("ruff") is None,
+    reason="ruff is in the test extra (pip install -e .[test]): lint and formatting are unchecked",
 )
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
 def test_ruff(command):

@@ -23,8 +23,12 @@ def test_flops_formulas_hand_computed():
     assert decode_flops_per_token(2, 4, 10, 3) == 944
 
 
+def unchecked(what: str) -> str:
+    return f"peers extra not installed (pip install -e .[peers]): {what} is unchecked"
+
+
 def test_hf_train_tiny():
-    pytest.importorskip("transformers", reason="peers extra not installed: pip install -e .[peers]")
+    pytest.importorskip("transformers", reason=unchecked("the HF training peer of research.bench.train"))
     from research.bench.hf_peer import hf_train_tokens_per_sec
 
     tps = hf_train_tokens_per_sec(**TINY, seq=16, batch=2, steps=2, warmup=1)
@@ -32,7 +36,7 @@ def test_hf_train_tiny():
 
 
 def test_hf_generate_tiny():
-    pytest.importorskip("transformers", reason="peers extra not installed: pip install -e .[peers]")
+    pytest.importorskip("transformers", reason=unchecked("the HF generation peer of research.bench.generate"))
     from research.bench.hf_peer import hf_generate_tokens_per_sec
 
     tps = hf_generate_tokens_per_sec(**TINY, prompt_len=4, new_tokens=8, batch=2, repeats=1)

@@ -1,4 +1,5 @@
-"""GRPO killed mid-run (SIGKILL) and resumed equals the uninterrupted run, bit for bit, rollouts included."""
+"""GRPO killed mid-run (SIGKILL) and resumed equals the uninterrupted run, bit for bit: rollouts and LoRA
+dropout both draw from the rng, so its plumbing across a resume is checked too."""
 
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 from tests.train.conftest import REPO, run, subprocess_env
 from tests.train.test_end_to_end import final_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("post_base")]  # one worker builds base_run
 
 CONFIG = """
 from tests.post.conftest import post_config
@@ -22,6 +23,9 @@ def get_config(arg=None):
     c.rl.epochs = 2  # each rollout feeds 2 epochs x 2 minibatches = 4 updates: checkpoints fall between rollouts
     c.train.update(checkpoint_every=4, eval_every=8, log_every=2)
     c.policy.eval_prompts = 0  # what is compared is the parameters: no sampled evaluation to compile
+    # LoRA dropout makes the update itself read the step's rng, not only the rollouts: a resume that
+    # restored the wrong key, or derived it from the wall clock, would differ.
+    c.peft.update(method="lora", rank=4, dropout=0.25)
     return c
 """
 

@@ -1,6 +1,7 @@
 """Whole runs through `python -m research.main`: smoke, kill/resume, config and workdir errors."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,12 +11,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import flags
 from etils import epath
+from ml_collections import config_flags
 
 from research.train.metrics import read_metrics
 from tests.train.conftest import REPO, main_command, run, subprocess_env
 
-pytestmark = pytest.mark.slow
+# One worker runs the module under `pytest -n --dist loadgroup`, so the shared reference run is trained once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end")]
 
 
 def final_params(workdir):
@@ -26,17 +30,34 @@ def final_params(workdir):
     return step, restored["state"]["params"]
 
 
-def test_quickstart_smoke_trains_and_samples(tmp_path, data_dir):
-    workdir = tmp_path / "run"
+# The quickstart run every test here reads: 60 steps on a 2-device data mesh, checkpoints every 10,
+# samples printed at the end. Smoke, research.sample, the kill/resume reference and the refused
+# workdir all use this one run (its workdir is never written after the fixture).
+REFERENCE_FLAGS = [
+    "--config.train.steps=60",
+    "--config.train.checkpoint_every=10",
+    "--config.train.eval_every=30",
+    "--config.mesh.data=2",
+]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("e2e") / "reference"
     relative = os.path.relpath(workdir, REPO)  # as the README's quickstart passes it
-    result = run(main_command(relative, data_dir, "--config.train.steps=40", "--config.train.eval_every=20"))
+    result = run(main_command(relative, data_dir, *REFERENCE_FLAGS), devices=2)
+    return workdir, result
+
+
+def test_quickstart_smoke_trains_and_samples(reference_run):
+    workdir, result = reference_run
     metrics = read_metrics(workdir)
     train = [m for m in metrics if "loss" in m]
     assert {"step", "loss", "learning_rate", "tokens_per_sec"} <= set(train[-1])
-    assert [m["step"] for m in metrics if "eval_loss" in m] == [20, 40]
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [30, 60]
     assert train[-1]["loss"] < train[0]["loss"] - 0.5  # from ~ln(263) = 5.6 the loss falls quickly
     assert (workdir / "tensorboard").is_dir() and (workdir / "tokenizer.json").exists()
-    assert (workdir / "loss.png").stat().st_size > 0 and "| 40 |" in (workdir / "results.md").read_text()
+    assert (workdir / "loss.png").stat().st_size > 0 and "| 60 |" in (workdir / "results.md").read_text()
     assert result.stdout.count("=" * 80) == 2  # two samples printed
     sample = run(
         [
@@ -53,17 +74,9 @@ def test_quickstart_smoke_trains_and_samples(tmp_path, data_dir):
     assert "def " in sample.stdout and "import " in sample.stdout
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
-    flags = [
-        "--config.train.steps=60",
-        "--config.train.checkpoint_every=10",
-        "--config.train.eval_every=30",
-        "--nosample",
-        "--config.mesh.data=2",
-    ]
-    reference = tmp_path / "reference"
-    run(main_command(reference, data_dir, *flags), devices=2)
-
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir, reference_run):
+    reference, _ = reference_run
+    flags = [*REFERENCE_FLAGS, "--nosample"]  # sampling comes after the last checkpoint: same params
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         main_command(killed, data_dir, *flags),
@@ -92,31 +105,61 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir):
     assert loss(reference) == loss(killed)
 
 
-def test_incompatible_workdir_is_refused_and_untouched(tmp_path, data_dir):
-    workdir = tmp_path / "run"
-    run(main_command(workdir, data_dir, "--config.train.steps=5", "--nosample"))
+def test_incompatible_workdir_is_refused_and_untouched(data_dir, reference_run):
+    workdir, _ = reference_run
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-    result = run(main_command(workdir, data_dir, "--config.train.steps=10", "--config.model.d_model=128"), check=False)
+    flags = [*REFERENCE_FLAGS, "--config.train.steps=70", "--config.model.d_model=128"]
+    result = run(main_command(workdir, data_dir, *flags), devices=2, check=False)
     assert result.returncode == 2
     assert "model.d_model: 64 -> 128" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
+def parse_config(*extra):
+    """The config `research.main` would build from these flags (absl + ml_collections, in process)."""
+    argv = ["research.main", "--config=experiments/quickstart.py", *extra]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
 @pytest.mark.parametrize(
     "flag,message",
     [
-        ("--config.model.nope=1", "nope"),
+        ("--config.model.nope=1", "nope"),  # ml_collections: AttributeError "'nope'" (did you mean ...)
         ("--config.train.steps=ten", "train.steps"),
+    ],
+)
+def test_bad_override_names_the_key(flag, message):
+    with pytest.raises((flags.Error, AttributeError), match=message):
+        parse_config(flag)
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
         ("--config.model.num_kv_heads=3", "model.num_kv_heads=3"),
         ("--config.model.d_model=66", "model.d_model=66"),
         ("--config.mesh.data=3", "mesh"),
         ("--config.model.attention=sparse", "model.attention='sparse'"),
     ],
 )
-def test_bad_config_names_the_key(tmp_path, data_dir, flag, message):
-    result = run(main_command(tmp_path / "run", data_dir, flag), devices=2, check=False)
-    assert result.returncode != 0
-    assert message in result.stderr
+def test_bad_config_names_the_key_before_writing(tmp_path, data_dir, flag, message):
+    from research.train.loop import train
+
+    config = parse_config(f"--config.data.data_dir={data_dir}", flag)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path, data_dir):
+    """The command line's side of the errors above: exit code 2, the message, no traceback."""
+    result = run(main_command(tmp_path / "run", data_dir, "--config.model.num_kv_heads=3"), check=False)
+    assert result.returncode == 2
+    assert "error: " in result.stderr and "model.num_kv_heads=3" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
