@@ -52,31 +52,51 @@ def test_apply_with_aux_without_sown_losses_returns_none():
 
 
 def regression_loss(params, frozen, batch, rng, *, apply_fn):
-    """A loss in the task convention with a random term, to check rng plumbing and accumulation."""
+    """A weighted loss in the task convention whose value depends on the rng: one noise draw per row."""
     pred = apply_fn({"params": params}, batch["x"])[:, 0]
-    noise = jax.random.normal(rng, ()) * 0.0  # the rng must be a valid key; its value must not matter here
-    err = (pred - batch["y"]) ** 2 + noise
-    count = jnp.asarray(batch["y"].shape[0], jnp.float32)
-    return jnp.sum(err), count, {"abs_err": jnp.sum(jnp.abs(pred - batch["y"]))}
+    err = pred - batch["y"] + jax.random.normal(rng, batch["y"].shape)
+    w = batch["w"]
+    return jnp.sum(w * err**2), jnp.sum(w), {"abs_err": jnp.sum(w * jnp.abs(pred - batch["y"]))}
 
 
-def test_train_step_with_loss_fn_accumulation_equals_one_batch():
-    dense = nn.Dense(1)
+@pytest.mark.parametrize("accum", [1, 4])
+def test_train_step_with_loss_fn_accumulation_matches_reference(accum):
+    """Accumulated loss, metrics, grads and update against a float64 reference built by hand.
+
+    The row weights give the 4 micro-batches different target counts (2, 1, 2, 1), so a mean
+    of micro-batch means differs from the whole batch's mean; the loss draws noise from its
+    rng, so every micro-batch must get its own key fold_in(fold_in(key(seed), step), i).
+    """
+    dense, seed, step, lr = nn.Dense(1), 7, 3, 0.1
     rng = np.random.default_rng(0)
-    batch = {"x": rng.normal(size=(8, 3)).astype(np.float32), "y": rng.normal(size=8).astype(np.float32)}
+    w = np.array([1, 1, 1, 0, 1, 1, 0, 1], np.float32)
+    batch = {"x": rng.normal(size=(8, 3)).astype(np.float32), "y": rng.normal(size=8).astype(np.float32), "w": w}
     params = dense.init(jax.random.key(0), batch["x"])["params"]
-    state = TrainState.create(apply_fn=dense.apply, params=params, tx=optax.sgd(0.1))
+    state = TrainState.create(apply_fn=dense.apply, params=params, tx=optax.sgd(lr)).replace(step=step)
     loss_fn = functools.partial(regression_loss, apply_fn=dense.apply)
-    outs = [
-        train_step(state, batch, grad_accum_steps=k, learning_rate_fn=lambda s: 0.1, loss_fn=loss_fn) for k in (1, 4)
-    ]
-    (s1, m1), (s4, m4) = outs
-    pred = dense.apply({"params": params}, batch["x"])[:, 0]
-    np.testing.assert_allclose(m1["loss"], np.mean((pred - batch["y"]) ** 2), rtol=1e-6)
-    np.testing.assert_allclose(m1["abs_err"], np.mean(np.abs(pred - batch["y"])), rtol=1e-6)
-    for key in ("loss", "abs_err", "grad_norm"):
-        np.testing.assert_allclose(m4[key], m1[key], rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), s4.params, s1.params)
+    new, m = train_step(state, batch, grad_accum_steps=accum, learning_rate_fn=lambda s: lr, loss_fn=loss_fn, seed=seed)
+
+    # Reference: per micro-batch i, noise from its key; pred = x @ k + b, so the gradient of
+    # sum(w r^2) is (x^T (2 w r), sum(2 w r)); everything is divided by the total count sum(w).
+    step_key = jax.random.fold_in(jax.random.key(seed), step)
+    rows = 8 // accum
+    noise = np.concatenate(
+        [np.asarray(jax.random.normal(jax.random.fold_in(step_key, i), (rows,)), np.float64) for i in range(accum)]
+    )
+    x, y, w = (np.asarray(batch[k], np.float64) for k in ("x", "y", "w"))
+    kernel, bias = np.asarray(params["kernel"], np.float64), np.asarray(params["bias"], np.float64)
+    pred = x @ kernel[:, 0] + bias[0]
+    r, count = pred - y + noise, w.sum()
+    g_kernel, g_bias = x.T @ (2 * w * r) / count, np.sum(2 * w * r) / count
+    # float32 sums of 8 O(1) terms vs float64: agreement to ~1e-6 relative.
+    np.testing.assert_allclose(m["loss"], np.sum(w * r**2) / count, rtol=1e-5)
+    np.testing.assert_allclose(m["abs_err"], np.sum(w * np.abs(pred - y)) / count, rtol=1e-5)
+    np.testing.assert_allclose(m["target_tokens"], count)
+    np.testing.assert_allclose(m["grad_norm"], np.sqrt(np.sum(g_kernel**2) + g_bias**2), rtol=1e-5)
+    # The SGD update lr * g is O(0.1); atol: a few float32 ulps of the O(1) weights.
+    np.testing.assert_allclose(new.params["kernel"][:, 0], kernel[:, 0] - lr * g_kernel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new.params["bias"], [bias[0] - lr * g_bias], rtol=1e-5, atol=1e-6)
+    assert int(new.step) == step + 1
 
 
 def test_task_registry_names_the_choices():
