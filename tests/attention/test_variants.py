@@ -363,7 +363,6 @@ def trained(tmp_path_factory):
     return json.loads(lines[-1].removeprefix("RESULTS "))
 
 
-@pytest.mark.xdist_group("variants_loop")  # one worker: the `trained` subprocess runs once
 @pytest.mark.parametrize("attention", CAUSAL_VARIANTS)
 def test_variant_trains_through_the_loop(attention, trained):
     last = trained[attention]

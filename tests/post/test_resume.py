@@ -13,7 +13,7 @@ import pytest
 from tests.train.conftest import REPO, run, subprocess_env
 from tests.train.test_end_to_end import final_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("post_base")]  # one worker builds base_run
+pytestmark = pytest.mark.slow
 
 CONFIG = """
 from tests.post.conftest import post_config

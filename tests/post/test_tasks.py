@@ -22,8 +22,6 @@ from research.train.step import train_step
 from research.train.tasks import get_task, validate_config
 from tests.post.conftest import post_config
 
-pytestmark = pytest.mark.xdist_group("post_base")  # one worker builds the session's base_run
-
 
 def setup(config, base, devices=1, mesh_axes=None):
     """(task, state, frozen, mesh) as the loop builds them, on the first `devices` devices."""

@@ -23,9 +23,6 @@ from research.train.step import train_step
 from research.train.tasks import task_config, with_task
 from tests.train.test_sharding import PADS, assert_same_update, ragged_batch
 
-# Under `pytest -n --dist loadgroup` one worker runs the module: its module fixture is built once.
-pytestmark = pytest.mark.xdist_group("distill_teacher")
-
 
 def _config(data_dir, *, layers, d_model, heads, kv_heads, steps):
     c = task_config()

@@ -18,8 +18,7 @@ from ml_collections import config_flags
 from research.train.metrics import read_metrics
 from tests.train.conftest import REPO, main_command, run, subprocess_env
 
-# One worker runs the module under `pytest -n --dist loadgroup`, so the shared reference run is trained once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end")]
+pytestmark = pytest.mark.slow
 
 
 def final_params(workdir):

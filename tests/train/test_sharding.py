@@ -13,9 +13,6 @@ from research.train.sharding import LOGICAL_RULES, batch_sharding, make_mesh, me
 from research.train.state import create_train_state, learning_rate_schedule, make_optimizer
 from research.train.step import train_step
 
-# Under `pytest -n --dist loadgroup` one worker runs the module: its module fixture is built once.
-pytestmark = pytest.mark.xdist_group("sharding_setup")
-
 
 def one_step(config, devices, batch):
     model = DecoderLM(model_config(config, 259))
