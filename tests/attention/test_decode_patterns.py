@@ -34,19 +34,16 @@ def cached_logits(model, params, prompts, continuation):
     """Logits after each prompt's last token and each continuation token, via the KV cache."""
     tokens, positions, seg = left_pad(prompts, max(map(len, prompts)), 0)
     cache = init_cache(model, len(prompts), tokens.shape[1] + continuation.shape[1])
-    logits, mutated = model.apply(
-        {"params": params, "cache": cache}, tokens, positions=positions, segment_ids=seg, decode=True, mutable=["cache"]
-    )
+    # Jitted: one compile for the prefill and one for every decode step (op by op is several times slower).
+    apply = jax.jit(lambda variables, t, p, s: model.apply(variables, t, positions=p, segment_ids=s, decode=True,
+                                                           mutable=["cache"]))  # fmt: skip
+    logits, mutated = apply({"params": params, "cache": cache}, tokens, positions, seg)
     out, pos = [logits[:, -1]], positions[:, -1]
     for i in range(continuation.shape[1] - 1):
         pos = pos + 1
-        logits, mutated = model.apply(
-            {"params": params, "cache": mutated["cache"]},
-            continuation[:, i : i + 1],
-            positions=pos[:, None],
-            segment_ids=jnp.ones((len(prompts), 1), jnp.int32),
-            decode=True,
-            mutable=["cache"],
+        ones = jnp.ones((len(prompts), 1), jnp.int32)
+        logits, mutated = apply(
+            {"params": params, "cache": mutated["cache"]}, continuation[:, i : i + 1], pos[:, None], ones
         )
         out.append(logits[:, 0])
     return jnp.stack(out, axis=1)  # [b, steps, vocab]

@@ -32,22 +32,16 @@ def test_kv_cache_logits_equal_full_forward(model_and_params):
     continuation = jnp.array([[11, 12, 13], [14, 15, 16]])
     tokens, positions, seg = left_pad(prompts, max(map(len, prompts)), 0)
     cache = init_cache(model, 2, tokens.shape[1] + 3)
-    variables = {"params": params, "cache": cache}
-    prefill, mutated = model.apply(
-        variables, tokens, positions=positions, segment_ids=seg, decode=True, mutable=["cache"]
-    )
+    # Jitted: one compile for the prefill, one for every decode step (op by op is several times slower).
+    apply = jax.jit(lambda variables, t, p, s: model.apply(variables, t, positions=p, segment_ids=s, decode=True,
+                                                           mutable=["cache"]))  # fmt: skip
+    prefill, mutated = apply({"params": params, "cache": cache}, tokens, positions, seg)
     step_logits = [prefill[:, -1]]
     cache, pos = mutated["cache"], positions[:, -1]
     for i in range(3):
         pos = pos + 1
-        logits, mutated = model.apply(
-            {"params": params, "cache": cache},
-            continuation[:, i : i + 1],
-            positions=pos[:, None],
-            segment_ids=jnp.ones((2, 1), jnp.int32),
-            decode=True,
-            mutable=["cache"],
-        )
+        ones = jnp.ones((2, 1), jnp.int32)
+        logits, mutated = apply({"params": params, "cache": cache}, continuation[:, i : i + 1], pos[:, None], ones)
         cache = mutated["cache"]
         step_logits.append(logits[:, 0])
     for row, prompt in enumerate(prompts):
