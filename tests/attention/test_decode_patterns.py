@@ -10,6 +10,7 @@ from research.attention import get_decode_mask
 from research.config import default_config
 from research.decode import generate, init_cache, left_pad
 from research.models import DecoderLM, ModelConfig, init_params
+from tests.attention.test_variants import LITERAL_MASKS
 
 OPTIONS = dict(default_config().model.attention_options, window=2, block_size=2, num_global=1, stride=2)
 
@@ -83,16 +84,8 @@ DECODE_MASKS = {
         "00000110",
         "00000011",
     ],
-    "block_sparse": [  # own and previous block {0,1} {2,3} {4,5} {6,7}, and block 0
-        "10000000",
-        "11000000",
-        "11100000",
-        "11110000",
-        "11111000",
-        "11111100",
-        "11001110",
-        "11001111",
-    ],
+    # own and previous block {0,1} {2,3} {4,5} {6,7}, and block 0: the full forward's causal mask
+    "block_sparse": LITERAL_MASKS[("block_sparse", True)],
     "strided": [  # own pair, and the last key of every pair (the odd positions)
         "10000000",
         "11000000",

@@ -18,7 +18,7 @@ from research.models import DecoderLM, ModelConfig, init_params
 from research.train.loop import check_batch_fits_mesh
 from research.train.sharding import BATCH_AXES, LOGICAL_RULES, logical_shardings, make_mesh
 from research.train.state import make_optimizer, state_shapes
-from tests.train.test_sharding import assert_same_update, one_step
+from tests.train.harness import assert_same_update, linear_first_update, one_step
 
 B, S, D, E = 2, 12, 8, 4
 
@@ -160,9 +160,7 @@ def moe_model_config(**kw):
     c.model.update(num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, ffn="swiglu", norm="rmsnorm")
     c.model.update(moe_num_experts=4, moe_every=1, moe_mlp_dim=32, **kw)
     c.data.seq_len = 32
-    c.optim.warmup_steps = 0  # a real update on the first step
-    c.optim.eps = 1.0  # see tests/train/test_sharding.py: makes the update linear in the gradient
-    c.optim.weight_decay = 0.0  # only gradients move the weights
+    linear_first_update(c.optim)
     return c
 
 
@@ -176,9 +174,9 @@ def test_sharded_train_step_over_expert_equals_unsharded():
         "positions": np.concatenate([np.arange(20), np.arange(10), [0, 0]])[None].repeat(8, 0).astype(np.int32),
     }
     c.mesh.update(data=1, fsdp=1, tensor=1, expert=1)
-    m1, p1, _, p0 = one_step(c, jax.devices()[:1], batch)
+    m1, p1, p0, _, _ = one_step(c, jax.devices()[:1], batch)
     c.mesh.update(data=2, expert=4)
-    m8, p8, _, _ = one_step(c, jax.devices()[:8], batch)
+    m8, p8, _, _, _ = one_step(c, jax.devices()[:8], batch)
     # Tolerances as in tests/train/test_sharding.py: float32 reduction order; updates relative to their size.
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
     np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)

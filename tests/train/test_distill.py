@@ -2,10 +2,8 @@
 in one sharded step (the teacher laid out on the same 8-device mesh as the student); one step on that
 mesh against one device's and a numpy reference of the objective."""
 
-import functools
 import json
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -16,12 +14,8 @@ from research.models import DecoderLM
 from research.tokenizers import ByteTokenizer
 from research.train.loop import train
 from research.train.metrics import read_metrics
-from research.train.sharding import LOGICAL_RULES, make_mesh
-from research.train.sources import to_global
-from research.train.state import create_train_state, learning_rate_schedule, make_optimizer
-from research.train.step import train_step
 from research.train.tasks import task_config, with_task
-from tests.train.test_sharding import PADS, assert_same_update, ragged_batch
+from tests.train.harness import PADS, assert_same_update, linear_first_update, one_step, ragged_batch
 
 
 def _config(data_dir, *, layers, d_model, heads, kv_heads, steps):
@@ -57,29 +51,6 @@ def test_student_of_another_size_distills_on_a_sharded_mesh(tmp_path, data_dir, 
     assert saved["distill"]["teacher_workdir"] == str(teacher_workdir)
 
 
-def distill_step(config, devices, batch):
-    """One distillation train step on `devices`: (metrics, params after, params before, teacher params, spec)."""
-    task = DistillTask(config, ByteTokenizer())
-    tx = make_optimizer(config.optim, 10)
-    mesh = make_mesh(config.mesh, devices)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        state, _ = create_train_state(task.model, tx, mesh, jax.random.key(0), init_fn=task.init_params)
-        frozen = task.frozen_params(mesh)
-        spec = frozen["trainable"]["block_0"]["attn"]["query"].sharding.spec
-        initial = jax.device_get(state.params)
-        step = jax.jit(
-            functools.partial(
-                train_step,
-                grad_accum_steps=config.train.grad_accum_steps,
-                learning_rate_fn=learning_rate_schedule(config.optim, 10),
-                loss_fn=task.loss,
-            ),
-            donate_argnums=0,
-        )
-        state, metrics = step(state, to_global(batch, mesh), frozen)
-        return jax.device_get(metrics), jax.device_get(state.params), initial, jax.device_get(frozen), spec
-
-
 def reference_objective(student_logits, teacher_logits, batch, *, temperature, alpha):
     """(alpha T^2 KL + (1 - alpha) NLL, KL, NLL) per target token, in float64 from the formulas."""
     s, t = (np.asarray(x, np.float64) for x in (student_logits, teacher_logits))
@@ -105,13 +76,13 @@ def test_sharded_distill_step_equals_single_device_and_reference(data_dir, teach
     """One step on data=2 x fsdp=2 x tensor=2 vs one device's (accumulation: tests/train/test_sharding.py)."""
     c = with_task(_config(data_dir, layers=1, d_model=32, heads=2, kv_heads=2, steps=1), "distill")
     c.distill.update(teacher_workdir=str(teacher_workdir), temperature=2.0, alpha=0.7)
-    # As in tests/train/test_sharding.py: no weight decay, an update linear in the gradient.
-    c.optim.update(warmup_steps=0, weight_decay=0.0, eps=1.0)
+    linear_first_update(c.optim)
     batch = ragged_batch()
     c.mesh.update(data=1, fsdp=1, tensor=1)
-    m1, p1, p0, teacher, _ = distill_step(c, jax.devices()[:1], batch)
+    m1, p1, p0, _, teacher = one_step(c, jax.devices()[:1], batch, DistillTask(c, ByteTokenizer()))
     c.mesh.update(data=2, fsdp=2, tensor=2)
-    m8, p8, p0_8, _, spec = distill_step(c, jax.devices()[:8], batch)
+    m8, p8, p0_8, _, frozen_8 = one_step(c, jax.devices()[:8], batch, DistillTask(c, ByteTokenizer()))
+    spec = frozen_8["trainable"]["block_0"]["attn"]["query"].sharding.spec
     assert tuple(spec)[:2] == ("fsdp", "tensor")  # the teacher really is sharded
     jax.tree.map(np.testing.assert_array_equal, p0_8, p0)  # same init on both meshes
 
@@ -124,7 +95,7 @@ def test_sharded_distill_step_equals_single_device_and_reference(data_dir, teach
                                                  segment_ids=b["segment_ids"]))  # fmt: skip
         return apply(params, batch)
 
-    student, teacher_logits = logits(c, p0), logits(teacher_config(c), teacher["trainable"])
+    student, teacher_logits = logits(c, p0), logits(teacher_config(c), jax.device_get(teacher["trainable"]))
     loss, kl, nll = reference_objective(student, teacher_logits, batch, temperature=2.0, alpha=0.7)
     assert m1["target_tokens"] == m8["target_tokens"] == sum(32 - pad - 2 for pad in PADS)
     # float32 softmaxes over 263 logits and sums over 148 tokens vs float64: ~1e-6 relative.
