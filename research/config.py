@@ -25,6 +25,7 @@ from research.models import ModelConfig
 from research.peft.model import PeftSpec
 from research.quant.config import validate_quant
 from research.tokenizers import TOKENIZER_KINDS
+from research.tokenizers.base import check_added_tokens
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -81,6 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
         eval_split="validation",
         tokenizer="byte",  # byte | char | word | bpe | wordpiece | unigram (research.tokenizers)
         vocab_size=1024,  # learned tokenizers only; byte's is fixed
+        added_tokens="",  # space-separated strings made one id each, after the vocabulary ("<think> </think>")
         tokenizer_min_frequency=2,  # word/bpe/wordpiece: rarer pieces stay out of the vocabulary
         tokenizer_sample_bytes=4_000_000,  # the tokenizer trains on this many bytes from the train split's start
         seq_len=256,
@@ -242,6 +244,7 @@ def validate(config, sections=None) -> None:
     _choice("model.param_dtype", m.param_dtype, DTYPES)
     _choice("data.tokenizer", d.tokenizer, TOKENIZER_KINDS)
     _positive(config, "data.vocab_size", "data.tokenizer_min_frequency", "data.tokenizer_sample_bytes")
+    check_added_tokens(d.added_tokens.split(), "data.added_tokens")
     if 0 <= m.max_len < d.seq_len:
         raise ValueError(f"model.max_len={m.max_len} is shorter than data.seq_len={d.seq_len}")
     if t.batch_size % t.grad_accum_steps:

@@ -4,7 +4,8 @@ A tokenizer kind supplies only its vocabulary: `_encode(text) -> ids`, `_decode(
 -> text`, `id_to_token` / `token_to_id`, `vocab_size`, `_fields()` / `_from_fields()`
 for its part of the file, and `_train(corpus, vocab_size, min_frequency)`. Everything
 that must behave the same for every kind lives here, so a model, a data pipeline or a
-test can swap one tokenizer for another without noticing anything but the ids.
+test can swap one tokenizer for another without noticing anything but the ids. `with_added_tokens`
+puts whole strings (the `<think>` tags) after any kind's vocabulary, one id each (AddedTokens, below).
 """
 
 from __future__ import annotations
@@ -215,6 +216,11 @@ class Tokenizer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
 
+    def with_added_tokens(self, tokens) -> Tokenizer:
+        """This tokenizer with whole strings as extra ids after its vocabulary (AddedTokens)."""
+        tokens = tuple(tokens)
+        return AddedTokens(self, tokens) if tokens else self
+
     # --- helpers for the kinds -------------------------------------------------------------------
 
     def _with_bos_eos(self, ids: np.ndarray, add_bos: bool, add_eos: bool) -> np.ndarray:
@@ -293,8 +299,108 @@ def _read_file(path) -> dict:
 
 def _build(spec: dict, path) -> Tokenizer:
     try:
-        tokenizer = _KINDS[spec["type"]]._from_fields(spec)
+        added = spec.get("added_tokens", [])
+        if not isinstance(added, list):
+            raise TypeError(f"added_tokens must be a list of strings, got {added!r:.80}")
+        tokenizer = _KINDS[spec["type"]]._from_fields(spec).with_added_tokens(added)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"tokenizer file {path} is corrupt: {type(e).__name__}: {e}") from e
     tokenizer._check_special_tokens(f"tokenizer file {path}")
     return tokenizer
+
+
+# --- Added tokens ---------------------------------------------------------------------------------
+# Added tokens: whole strings (e.g. `<think>`, `</answer>`) that become one id each, after any kind's vocabulary.
+#
+#     tok = ByteTokenizer().with_added_tokens(("<think>", "</think>"))
+#     tok.encode("<think>2+2</think>")   # [263, 57, 50, 57, 264]: the tags are single ids 263, 264
+#
+# The base tokenizer is unchanged: its ids keep their meaning, so a model trained
+# with it is the same model with a few new embedding rows. Encoding splits the text
+# at every occurrence of an added token (the longest match first) and encodes the
+# pieces between with the base; decoding writes added tokens back as their text,
+# also with skip_special=True, because they are content the verifiers read, not
+# structure. They are saved in the tokenizer file under "added_tokens"; a file
+# without that key (every file written before) loads as before.
+
+
+def check_added_tokens(tokens, field: str = "added_tokens") -> tuple[str, ...]:
+    tokens = tuple(tokens)
+    for token in tokens:
+        if not isinstance(token, str) or not token or token != token.strip():
+            raise ValueError(f"{field}: {token!r} must be a non-empty string without surrounding whitespace")
+        if token in SPECIAL_TOKENS:
+            raise ValueError(f"{field}: {token!r} is already a shared special token")
+    if len(set(tokens)) != len(tokens):
+        raise ValueError(f"{field}: {list(tokens)} names a token twice")
+    return tokens
+
+
+class AddedTokens(Tokenizer):
+    """`base` with `tokens` appended as ids base.vocab_size, base.vocab_size + 1, ..."""
+
+    def __init__(self, base: Tokenizer, tokens):
+        if isinstance(base, AddedTokens):
+            raise ValueError("the tokenizer already has added tokens: add them all at once")
+        self.base, self.added = base, check_added_tokens(tokens)
+        self.type_name = base.type_name  # the file's kind stays the base's
+        self.vocab_size = base.vocab_size + len(self.added)
+        self.added_ids = {token: base.vocab_size + i for i, token in enumerate(self.added)}
+        for token in self.added:
+            if base.token_to_id(token) is not None:
+                raise ValueError(f"added_tokens: {token!r} is already in the {base.type_name} vocabulary")
+        # Longest first, so "</think>" is not read as "<" + ... when "<" were also added.
+        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True)) + ")")
+
+    def _encode(self, text: str) -> np.ndarray:
+        pieces = []
+        for i, piece in enumerate(self._split.split(text)):
+            if i % 2:  # the separators re.split keeps: added tokens
+                pieces.append(np.array([self.added_ids[piece]], np.int32))
+            elif piece:
+                pieces.append(np.asarray(self.base.encode(piece), np.int32))
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+
+    def encode(self, text, *, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
+        if isinstance(text, bytes | bytearray | memoryview):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError:  # raw bytes (the byte kind takes them): no added token is matched
+                return self.base.encode(text, add_bos=add_bos, add_eos=add_eos)
+        if not isinstance(text, str):
+            return self.base.encode(text)  # raises the base's own TypeError
+        return self._with_bos_eos(self._encode(as_text(text)), add_bos, add_eos)
+
+    def decode(self, ids, *, skip_special: bool = True) -> str:
+        ids = self._checked_ids(ids)
+        out, run = [], []
+        for i in ids.tolist():
+            if i >= self.base.vocab_size:
+                out.append(self.base.decode(run, skip_special=skip_special) if run else "")
+                out.append(self.added[i - self.base.vocab_size])
+                run = []
+            else:
+                run.append(i)
+        out.append(self.base.decode(run, skip_special=skip_special) if run else "")
+        return "".join(out)
+
+    def id_to_token(self, token_id: int) -> str:
+        token_id = self._check_id(token_id)
+        if token_id >= self.base.vocab_size:
+            return self.added[token_id - self.base.vocab_size]
+        return self.base.id_to_token(token_id)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.added_ids.get(token, self.base.token_to_id(token))
+
+    def with_added_tokens(self, tokens) -> Tokenizer:
+        tokens = tuple(tokens)
+        if tokens == self.added:
+            return self
+        raise ValueError(f"the tokenizer already has added tokens {list(self.added)}; wanted {list(tokens)}")
+
+    def _fields(self) -> dict:
+        return {**self.base._fields(), "added_tokens": list(self.added)}
+
+    def __repr__(self) -> str:
+        return f"{type(self.base).__name__}(vocab_size={self.vocab_size}, added_tokens={list(self.added)})"

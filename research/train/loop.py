@@ -37,17 +37,26 @@ def workdir_tokenizer(config, workdir):
     d = config.data
     path = epath.Path(workdir) / "tokenizer.json"
     if path.exists():
-        return load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
+        saved = list(getattr(tokenizer, "added", ()))
+        if saved != d.added_tokens.split():
+            raise ValueError(
+                f"data.added_tokens={d.added_tokens!r}, but the run in {workdir} has added tokens {saved}; "
+                "nothing was changed. Use a new --workdir, or the old value"
+            )
+        return tokenizer
     for source in filter(None, (get_task(config.train.task).base_workdir(config), config.train.init_from)):
         path, saved = epath.Path(source) / "tokenizer.json", epath.Path(source) / "config.json"
         if path.exists() and saved.exists():
             other = json.loads(saved.read_text()).get("data", {})
-            if (other.get("tokenizer"), other.get("vocab_size")) == (d.tokenizer, d.vocab_size):
+            theirs = (other.get("tokenizer"), other.get("vocab_size"), other.get("added_tokens", ""))
+            if theirs == (d.tokenizer, d.vocab_size, d.added_tokens):
                 return load_tokenizer(path)
     if d.tokenizer == "byte":  # nothing to learn
-        return ByteTokenizer()
+        return ByteTokenizer().with_added_tokens(d.added_tokens.split())
     texts = document_texts(data_spec(config), max_bytes=d.tokenizer_sample_bytes)
-    return train_tokenizer(d.tokenizer, texts, vocab_size=d.vocab_size, min_frequency=d.tokenizer_min_frequency)
+    tokenizer = train_tokenizer(d.tokenizer, texts, vocab_size=d.vocab_size, min_frequency=d.tokenizer_min_frequency)
+    return tokenizer.with_added_tokens(d.added_tokens.split())
 
 
 def check_batch_fits_mesh(config, num_devices: int) -> None:
