@@ -7,6 +7,8 @@ Task kinds (every example has one exact answer):
   sort         "Sort: 7 2 9 4"            -> "2 4 7 9"
   code         "Complete: for key, value" -> " in items:"   (a line of this interpreter's
                standard library, cut at a word boundary; its true end is the answer)
+and research.data.reasoning's kind strings ("chase:hops=6:think=0.2"): problems with a
+trace and a verifier, answered in the `<think>` format.
 
 Examples are generated from (seed, split, index) alone, so every process and
 every resumed run sees the same ones. An example belongs to the eval split iff
@@ -38,6 +40,7 @@ import re
 import grain
 import numpy as np
 
+from research.data import reasoning
 from research.data.stdlib_corpus import list_python_files, stdlib_root
 
 KINDS = ("arithmetic", "reverse", "uppercase", "sort", "code")
@@ -98,15 +101,29 @@ def _candidate(kind: str, rng) -> Example:
         cuts = [m.start() for m in re.finditer(r"\s\S", line) if 2 <= len(line) - m.start() <= 12]
         cut = int(cuts[int(rng.integers(len(cuts)))]) if cuts else len(line) - 2
         return Example(kind, f"Complete: {line[:cut]}", line[cut:])
+    if reasoning.is_reasoning_kind(kind):
+        return Example(kind, *reasoning.candidate(kind, rng))
     raise ValueError(f"unknown instruction task kind {kind!r}; choose from {KINDS}")
 
 
 def check_kinds(kinds) -> tuple[str, ...]:
+    """The kinds, checked: this module's KINDS and research.data.reasoning's kind strings."""
     kinds = tuple(kinds)
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in KINDS and not reasoning.is_reasoning_kind(k)]
     if not kinds or bad:
-        raise ValueError(f"sft.tasks={','.join(kinds)!r} holds unknown kinds {bad}; choose from {list(KINDS)}")
+        raise ValueError(
+            f"sft.tasks={','.join(kinds)!r} holds unknown kinds {bad}; choose from {list(KINDS)} "
+            f"or a reasoning task {sorted(reasoning.TASKS)} (research/data/reasoning.py)"
+        )
+    for kind in kinds:
+        if reasoning.is_reasoning_kind(kind):
+            reasoning.parse_kind(kind)  # its knobs, checked
     return kinds
+
+
+def metric_name(kind: str) -> str:
+    """A kind as a metric-name suffix: "chase:hops=6:think=0.2" -> "chase_hops6_think0.2"."""
+    return kind.replace(":", "_").replace("=", "")
 
 
 def make_example(index: int, *, split: str, seed: int, kinds=KINDS) -> Example:
@@ -124,7 +141,10 @@ def make_example(index: int, *, split: str, seed: int, kinds=KINDS) -> Example:
 
 
 def exact_match(example: Example, output: str) -> bool:
-    """The verifier: the generated text, trailing whitespace aside, is exactly the answer."""
+    """The verifier: the generated text, trailing whitespace aside, is exactly the answer; for a
+    reasoning kind, the answer inside a well-formed `<think>` response is right (research.data.reasoning)."""
+    if reasoning.is_reasoning_kind(example.kind):
+        return reasoning.is_correct(example.kind, example.prompt, example.response, output)
     return output.rstrip() == example.response.rstrip()
 
 

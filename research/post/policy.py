@@ -255,6 +255,8 @@ class SamplingTask(PostTask):
             "eval_response_length": float(length),
         }
         out.update({f"eval_reward_{k}": float(v.mean()) for k, v in parts.items()})
+        described = [self.prompt_set.describe(r, t) for r, t in zip(rows, texts, strict=True)]
+        out.update({f"eval_{k}": float(np.mean([d[k] for d in described])) for k in described[0]})
         return out
 
 

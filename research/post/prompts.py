@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 
-from research.data import instructions, preferences, sentiment
+from research.data import instructions, preferences, reasoning, sentiment
 
 TEMPLATES = ("plain", "chat")
 PROMPT_SETS = ("sentiment", "instructions")
@@ -85,6 +85,11 @@ class PromptSet:
     def prompts(self, split: str, n: int, start: int = 0) -> list[Prompt]:
         return [self.prompt(split, i) for i in range(start, start + n)]
 
+    def describe(self, prompt: Prompt, response: str) -> dict[str, float]:
+        """Per-response statistics evaluation averages beside the rewards (e.g. how often it thinks)."""
+        del prompt, response
+        return {}
+
 
 @dataclasses.dataclass(frozen=True)
 class SentimentPrompts(PromptSet):
@@ -111,6 +116,12 @@ class InstructionPrompts(PromptSet):
 
     def gold(self, prompt, response):
         return float(instructions.exact_match(prompt.example, response))
+
+    def describe(self, prompt, response):
+        if not reasoning.is_reasoning_kind(prompt.example.kind):
+            return {}
+        parsed = reasoning.parse(response)
+        return {"thinks": float(parsed.thinks), "well_formed": float(parsed.well_formed)}
 
 
 def prompt_set(policy, seed: int) -> PromptSet:

@@ -9,8 +9,9 @@ arrays (host numpy) and returns one float per row:
   exact_match     1 for the exact answer (instruction prompts only; the verifier of
                   research.data.instructions)
   format          1 for a well-formed response: chat responses that end with [EOS]
-                  and whose answer has the kind's shape (a number, letters, digits),
-                  plain ones that are non-empty
+                  and whose answer has the kind's shape (a number, letters, digits; for
+                  reasoning kinds the `<think>` format), plain ones that are non-empty
+  tinyzero        reasoning prompts: 1 correct, 0.1 well-formed but wrong, 0 malformed
   length_penalty  -(response tokens / max_new_tokens)
   reward_model    a learned reward model's score (a `reward` run, policy.reward_workdir)
 
@@ -27,6 +28,8 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from research.data import reasoning
 
 _REWARDS: dict[str, type] = {}
 
@@ -134,8 +137,24 @@ class Format(RewardFn):
             if self.template != "chat":
                 out.append(float(bool(text.strip())))
                 continue
+            if p.example is not None and reasoning.is_reasoning_kind(p.example.kind):
+                out.append(float(bool(stopped) and reasoning.parse(text).well_formed))
+                continue
             shape = ANSWER_SHAPES.get(p.example.kind, r"\S.*") if p.example is not None else r"\S.*"
             out.append(float(bool(stopped) and re.fullmatch(shape, text.strip()) is not None))
+        return out
+
+
+@register_reward("tinyzero")
+class TinyZero(RewardFn):
+    """Reasoning prompts: 1 for a correct answer, 0.1 for a well-formed wrong one, 0 if malformed."""
+
+    def __call__(self, inputs):
+        out = []
+        for p, text in zip(inputs.prompts, inputs.texts, strict=True):
+            if p.example is None or not reasoning.is_reasoning_kind(p.example.kind):
+                raise ValueError("reward 'tinyzero' needs reasoning prompts (policy.instruction_tasks='chase:...')")
+            out.append(reasoning.tinyzero_reward(p.example.kind, p.example.prompt, p.example.response, text))
         return out
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from research.data import instructions
+from research.data import instructions, reasoning
 from research.decode import generate
 from research.peft import model as peft_lib
 from research.train import runs
@@ -171,7 +171,11 @@ class SFTTask(Task):
         for kind in self.data.kinds:
             mine = [h for h, e in zip(hits, examples, strict=True) if e.kind == kind]
             if mine:
-                out[f"exact_match_{kind}"] = float(np.mean(mine))
+                out[f"exact_match_{instructions.metric_name(kind)}"] = float(np.mean(mine))
+        thinks = [reasoning.parse(o).thinks for o, e in zip(outputs, examples, strict=True)
+                  if reasoning.is_reasoning_kind(e.kind)]  # fmt: skip
+        if thinks:
+            out["thinks"] = float(np.mean(thinks))
         return out
 
     def generate(self, params, frozen, prompts: list[str]) -> list[str]:
