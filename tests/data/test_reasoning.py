@@ -161,3 +161,19 @@ def test_bad_kinds_name_the_knob(kind, message):
     if reasoning.is_reasoning_kind(kind):
         with pytest.raises(ValueError, match=message):
             instructions.check_kinds((kind,))
+
+
+def test_countdown_steps_and_traces():
+    pool = (2, 3, 7, 8)
+    assert reasoning.countdown_step(pool, "8-2=6") == (3, 6, 7)
+    assert reasoning.countdown_step(pool, "8/2=4") == (3, 4, 7)
+    for bad in ("8-2=5", "9-2=7", "2-2=0", "8-2", "8 - 2 = 6", "3/2=1", "8^2=64", ""):
+        assert reasoning.countdown_step(pool, bad) is None, bad
+    prompt = "Make 24 from 3 7 8 2"
+    assert reasoning.countdown_trace_reaches(prompt, "8-2=6 7-3=4 6*4=24")
+    assert not reasoning.countdown_trace_reaches(prompt, "8-2=6 6*4=24")  # 4 is not in the pool
+    assert not reasoning.countdown_trace_reaches(prompt, "8-2=6 7-3=4")  # never reaches 24
+    assert not reasoning.countdown_trace_reaches(prompt, None)
+    for i in range(20):  # every training trace reaches its target
+        e = instructions.make_example(i, split="train", seed=0, kinds=("countdown:count=4",))
+        assert reasoning.countdown_trace_reaches(e.prompt, parse(e.response).thought), e
