@@ -23,8 +23,8 @@ Sizes (SCALES): 3-digit operands and 1,000 SFT steps with THINK = 0.3 were chose
 seed so that the SFT model, forced to think, is nearly always right (greedy 0.995 on 200
 held-out prompts) while forced to answer directly it is near chance (0.10), and sampled
 freely it thinks about a quarter of the time (held-out accuracy 0.32 at RL step 0): the
-regime where RL steps can show a wide rise. 2- and 1-digit operands leave the direct
-answer too good; 4 digits and 600 SFT steps left the trace itself wrong (0.135 forced).
+regime where RL steps can show a wide rise. 4 digits with 600 SFT steps and THINK = 0.2
+left the trace itself mostly wrong (0.135 forced to think), too rare a success for RL.
 Arguments: scale=tiny|full, seed=N.
 """
 
