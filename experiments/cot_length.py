@@ -1,0 +1,111 @@
+r"""Test-time scaling: accuracy vs thinking tokens under budget forcing (caps, and "Wait"s), s1-style.
+
+  python -m research.sweep --config experiments/cot_length.py --workdir workdirs/cot_length
+
+The reference's "performance vs CoT length" figure. One SFT run whose responses all
+think (D-digit addition, research/data/reasoning.py `add`: one column per trace step,
+9 tokens each). analyze() then decodes the held-out prompts greedily under budget
+forcing (research/reason/budget.py) and reports accuracy against the mean thinking
+tokens actually spent:
+  cap B      thinking is cut at B tokens, here after 1, 2, ... D columns: `</think><answer>`
+             is forced there, and the model answers from a partial trace, the missing
+             columns in one forward pass (B = 0: the direct answer, `<answer>` forced first)
+  m Waits    the model's first m attempts to close its thinking become " Wait ", so
+             it is made to think longer than it chose to
+Writes results.md, results.json and cot_length.png.
+
+Sizes: D is beyond what the model answers directly (direct accuracy near chance),
+and the SFT budget (SCALES) is where the full trace is mostly right. The model never
+saw "Wait" in training; whether extending its trace helps is what the m sweep measures.
+Arguments: scale=tiny|full, seed=N.
+"""
+
+import json
+
+from research.config import parse_arg, swiglu_mlp_dim
+from research.data.reasoning import ADDED_TOKENS
+from research.experiment import Stage
+from research.train.tasks import task_config
+
+SCALES = {
+    # layers, d_model, heads, operand digits, sft steps, batch, eval prompts
+    "tiny": (2, 128, 4, 4, 800, 32, 200),
+    "full": (12, 768, 12, 12, 10_000, 128, 1_000),
+}
+WAITS = (0, 1, 2, 4)
+
+
+def _arg(arg):
+    arg = parse_arg(arg, scale="tiny", seed=0)
+    if arg.scale not in SCALES:
+        raise ValueError(f"cot_length scale={arg.scale!r}; choose one of {sorted(SCALES)}")
+    return arg
+
+
+def kind(arg) -> str:
+    return f"add:digits={SCALES[arg.scale][3]}:think=1"
+
+
+def full_trace(arg) -> int:
+    return 9 * SCALES[arg.scale][3] - 1  # "x+y+c=zz" columns, space-separated
+
+
+def get_config(arg=None):
+    arg = _arg(arg)
+    layers, d_model, heads, digits, steps, batch, _ = SCALES[arg.scale]
+    c = task_config("sft")
+    c.model.update(num_layers=layers, d_model=d_model, num_heads=heads, num_kv_heads=heads // 2, ffn="swiglu",
+                   norm="rmsnorm", mlp_dim=swiglu_mlp_dim(d_model), position="learned")  # fmt: skip
+    c.data.update(seq_len=160, added_tokens=ADDED_TOKENS)
+    c.sft.update(tasks=kind(arg), eval_examples=100, max_new_tokens=2 * full_trace(arg) + 24)
+    c.train.update(steps=steps, batch_size=batch, eval_every=steps, checkpoint_every=steps, log_every=50,
+                   eval_batches=2, seed=arg.seed)  # fmt: skip
+    c.optim.update(learning_rate=2e-3, warmup_steps=20, weight_decay=0.0)
+    return c
+
+
+def get_stages(arg=None):
+    return [Stage("sft", get_config(arg))]
+
+
+def analyze(workdir, runs, arg=None):
+    from research.data import instructions
+    from research.reason.reasoner import Reasoner
+    from research.train.runs import load_run
+
+    arg = _arg(arg)
+    n = SCALES[arg.scale][-1]
+    run = runs[0]
+    reasoner = Reasoner(load_run(run.workdir))
+    examples = [instructions.make_example(i, split="eval", seed=0, kinds=(kind(arg),)) for i in range(n)]
+    prompts, budget = [e.prompt for e in examples], run.config.sft.max_new_tokens
+    settings = [("cap", 0, dict(mode="direct"))]
+    # Caps at column boundaries: after j of the D columns the model must answer the other D - j directly.
+    caps = [9 * j - 1 for j in range(1, SCALES[arg.scale][3] + 1)]
+    settings += [("cap", b, dict(mode="think", max_thinking=b)) for b in caps]
+    settings += [("waits", m, dict(mode="think", num_waits=m)) for m in WAITS]
+    rows = []
+    for method, value, kwargs in settings:
+        out = reasoner.answer(prompts, max_new_tokens=budget, **kwargs)
+        rows.append(dict(method=method, value=value, accuracy=float(reasoner.correct(examples, out).mean()),
+                         thinking=float(out.thinking.mean())))  # fmt: skip
+    (workdir / "results.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| budget forcing | mean thinking tokens | held-out accuracy (greedy) |", "|---|---:|---:|"]
+    for r in rows:
+        label = ("direct (B = 0)" if r["value"] == 0 else f"cap B = {r['value']}") if r["method"] == "cap" else (
+            f"m = {r['value']} Waits")  # fmt: skip
+        lines.append(f"| {label} | {r['thinking']:.1f} | {r['accuracy']:.3f} |")
+    (workdir / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    for method, style in (("cap", "o-"), ("waits", "s--")):
+        mine = [r for r in rows if r["method"] == method]
+        ax.plot([r["thinking"] for r in mine], [r["accuracy"] for r in mine], style,
+                label="cap at B tokens" if method == "cap" else "m Waits appended")  # fmt: skip
+    ax.set(xlabel="mean thinking tokens", ylabel="held-out accuracy", title="accuracy vs CoT length")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(workdir / "cot_length.png", dpi=100)

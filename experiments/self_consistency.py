@@ -1,0 +1,111 @@
+r"""Self-consistency: majority vote over N sampled chains of thought, against pass@1 and pass@N, by temperature.
+
+  python -m research.sweep --config experiments/self_consistency.py --workdir workdirs/self_consistency
+
+One SFT run, every response a trace: the sum of several numbers
+(research/data/reasoning.py, `sum`), whose trace adds them in a random order, so
+two sampled paths to one answer truly differ and their mistakes are not copies of
+each other. analyze() samples N_MAX chains per held-out prompt at each temperature
+and reports, for N = 1, 2, 4, ... N_MAX:
+  maj@N    the accuracy of the majority answer of the first N samples (ties: the
+           earliest, research/reason/consistency.py)
+  pass@N   the chance that one of N samples is right (unbiased estimator): the
+           ceiling any selection among them could reach with an oracle
+and the answer diversity (distinct answers per prompt). Greedy decoding is the
+temperature-0 reference. Writes results.md, results.json, self_consistency.png.
+
+Sizes: the SFT budget (SCALES) stops where greedy accuracy is in the middle, away
+from 0 and 1, so voting has room to help (or not). Arguments: scale=tiny|full, seed=N.
+"""
+
+import json
+
+from research.config import parse_arg, swiglu_mlp_dim
+from research.data.reasoning import ADDED_TOKENS
+from research.experiment import Stage
+from research.train.tasks import task_config
+
+SCALES = {
+    # layers, d_model, heads, numbers, sft steps, batch, eval prompts, N max
+    "tiny": (2, 128, 4, 4, 800, 32, 100, 32),
+    "full": (12, 768, 12, 8, 10_000, 128, 500, 64),
+}
+TEMPERATURES = (0.5, 1.0, 1.5)
+
+
+def _arg(arg):
+    arg = parse_arg(arg, scale="tiny", seed=0)
+    if arg.scale not in SCALES:
+        raise ValueError(f"self_consistency scale={arg.scale!r}; choose one of {sorted(SCALES)}")
+    return arg
+
+
+def kind(arg) -> str:
+    return f"sum:count={SCALES[arg.scale][3]}:digits=2:think=1"
+
+
+def get_config(arg=None):
+    arg = _arg(arg)
+    layers, d_model, heads, count, steps, batch, *_ = SCALES[arg.scale]
+    c = task_config("sft")
+    c.model.update(num_layers=layers, d_model=d_model, num_heads=heads, num_kv_heads=heads // 2, ffn="swiglu",
+                   norm="rmsnorm", mlp_dim=swiglu_mlp_dim(d_model), position="learned")  # fmt: skip
+    c.data.update(seq_len=128, added_tokens=ADDED_TOKENS)
+    c.sft.update(tasks=kind(arg), eval_examples=100, max_new_tokens=12 * count + 16)
+    c.train.update(steps=steps, batch_size=batch, eval_every=steps, checkpoint_every=steps, log_every=50,
+                   eval_batches=2, seed=arg.seed)  # fmt: skip
+    c.optim.update(learning_rate=2e-3, warmup_steps=20, weight_decay=0.0)
+    return c
+
+
+def get_stages(arg=None):
+    return [Stage("sft", get_config(arg))]
+
+
+def analyze(workdir, runs, arg=None):
+    from research.data import instructions, reasoning
+    from research.reason.consistency import vote_curve
+    from research.reason.reasoner import Reasoner
+    from research.train.runs import load_run
+
+    arg = _arg(arg)
+    *_, n_prompts, n_max = SCALES[arg.scale]
+    run = runs[0]
+    reasoner = Reasoner(load_run(run.workdir))
+    examples = [instructions.make_example(i, split="eval", seed=0, kinds=(kind(arg),)) for i in range(n_prompts)]
+    prompts, gold = [e.prompt for e in examples], [reasoning.reference_answer(e.response) for e in examples]
+    budget = run.config.sft.max_new_tokens
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= n_max]
+    results = {}
+    for temperature in (0.0, *TEMPERATURES):
+        out = reasoner.answer(prompts, mode="think", max_new_tokens=budget, temperature=temperature,
+                              num_samples=1 if temperature == 0 else n_max, seed=arg.seed)  # fmt: skip
+        answers = [[reasoning.parse(t).answer for t in row] for row in out.texts]
+        results[str(temperature)] = vote_curve(answers, gold, ns if temperature else [1])
+    (workdir / "results.json").write_text(json.dumps(results, indent=1))
+    greedy = results["0.0"]["pass@1"]
+    lines = [f"Greedy (T=0) accuracy: {greedy:.3f} on {n_prompts} held-out prompts.", "",
+             "| T | " + " | ".join(f"maj@{n}" for n in ns) + " | " + " | ".join(f"pass@{n}" for n in ns[1:])
+             + " | distinct answers |", "|---:|" + "---:|" * (2 * len(ns))]  # fmt: skip
+    for t in TEMPERATURES:
+        r = results[str(t)]
+        cells = [f"{r[f'maj@{n}']:.3f}" for n in ns] + [f"{r[f'pass@{n}']:.3f}" for n in ns[1:]]
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {r['distinct_answers']:.2f} |")
+    (workdir / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.5))
+    vote, div = fig.subplots(1, 2)
+    for t, color in zip(TEMPERATURES, ("C0", "C1", "C2"), strict=True):
+        r = results[str(t)]
+        vote.plot(ns, [r[f"maj@{n}"] for n in ns], "o-", color=color, label=f"maj@N, T={t}")
+        vote.plot(ns, [r[f"pass@{n}"] for n in ns], ":", color=color, label=f"pass@N, T={t}")
+        div.scatter([r["distinct_answers"]], [r["maj@1"]], color=color, label=f"T={t}")
+    vote.axhline(greedy, color="k", lw=0.8, label="greedy")
+    vote.set(xscale="log", xlabel="samples N", ylabel="held-out accuracy", title="self-consistency")
+    div.set(xlabel="distinct answers per prompt", ylabel="pass@1 (one sample)", title="diversity vs accuracy")
+    vote.legend(fontsize=6)
+    div.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(workdir / "self_consistency.png", dpi=100)
