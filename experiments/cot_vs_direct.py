@@ -21,10 +21,9 @@ import json
 
 import numpy as np
 
-from research.config import parse_arg, swiglu_mlp_dim
-from research.data.reasoning import ADDED_TOKENS
+from research.config import parse_arg
 from research.experiment import Stage
-from research.train.tasks import task_config
+from research.reason.recipes import sft_config
 
 SCALES = {
     # layers, d_model, heads, operand digits, steps, batch, eval prompts per length
@@ -47,15 +46,8 @@ def kinds(arg, think) -> str:
 def get_config(arg=None, think: int = 1):
     arg = _arg(arg)
     layers, d_model, heads, digits, steps, batch, _ = SCALES[arg.scale]
-    c = task_config("sft")
-    c.model.update(num_layers=layers, d_model=d_model, num_heads=heads, num_kv_heads=heads // 2, ffn="swiglu",
-                   norm="rmsnorm", mlp_dim=swiglu_mlp_dim(d_model), position="learned")  # fmt: skip
-    c.data.update(seq_len=160, added_tokens=ADDED_TOKENS)
-    c.sft.update(tasks=kinds(arg, think), eval_examples=0, max_new_tokens=9 * max(digits) + 20)
-    c.train.update(steps=steps, batch_size=batch, eval_every=steps, checkpoint_every=steps, log_every=50,
-                   eval_batches=2, seed=arg.seed)  # fmt: skip
-    c.optim.update(learning_rate=2e-3, warmup_steps=20, weight_decay=0.0)
-    return c
+    return sft_config(kinds(arg, think), layers=layers, d_model=d_model, heads=heads, steps=steps, batch=batch,
+                      max_new_tokens=9 * max(digits) + 20, seed=arg.seed, seq_len=160, eval_examples=0)  # fmt: skip
 
 
 def get_stages(arg=None):

@@ -30,10 +30,9 @@ Arguments: scale=tiny|full, seed=N.
 
 import json
 
-from research.config import parse_arg, swiglu_mlp_dim
-from research.data.reasoning import ADDED_TOKENS
+from research.config import parse_arg
 from research.experiment import Stage
-from research.train.tasks import task_config
+from research.reason.recipes import reasoning_model, sft_config
 
 SCALES = {
     # layers, d_model, heads, operand digits, sft steps, sft batch, grpo steps, prompts per rollout, group, eval
@@ -59,30 +58,18 @@ def max_new_tokens(arg) -> int:
     return 9 * SCALES[arg.scale][3] + 14  # a full trace (9 tokens a column) + tags + answer, with room to spare
 
 
-def _model(c, arg):
-    layers, d_model, heads, *_ = SCALES[arg.scale]
-    c.model.update(num_layers=layers, d_model=d_model, num_heads=heads, num_kv_heads=heads // 2, ffn="swiglu",
-                   norm="rmsnorm", mlp_dim=swiglu_mlp_dim(d_model), position="learned")  # fmt: skip
-    c.data.update(seq_len=128, added_tokens=ADDED_TOKENS)
-    return c
-
-
 def get_sft_config(arg=None, think: float = THINK):
     arg = _arg(arg)
-    *_, steps, batch, _, _, _, _ = SCALES[arg.scale]
-    c = _model(task_config("sft"), arg)
-    c.sft.update(tasks=kind(arg, think), eval_examples=100, max_new_tokens=max_new_tokens(arg))
-    c.train.update(steps=steps, batch_size=batch, eval_every=steps, checkpoint_every=steps, log_every=50,
-                   eval_batches=2, seed=arg.seed)  # fmt: skip
-    c.optim.update(learning_rate=2e-3, warmup_steps=20, weight_decay=0.0)
-    return c
+    layers, d_model, heads, _, steps, batch, *_ = SCALES[arg.scale]
+    return sft_config(kind(arg, think), layers=layers, d_model=d_model, heads=heads, steps=steps, batch=batch,
+                      max_new_tokens=max_new_tokens(arg), seed=arg.seed)  # fmt: skip
 
 
 def get_config(arg=None):
     """The GRPO run (post.base_workdir: where the sft stage writes by default)."""
     arg = _arg(arg)
-    *_, steps, prompts, group, eval_prompts = SCALES[arg.scale]
-    c = _model(task_config("grpo"), arg)
+    layers, d_model, heads, *_, steps, prompts, group, eval_prompts = SCALES[arg.scale]
+    c = reasoning_model("grpo", layers=layers, d_model=d_model, heads=heads)
     c.post.update(base_workdir="workdirs/rl_steps/sft", template="chat")
     c.policy.update(prompts="instructions", instruction_tasks=kind(arg, THINK), max_new_tokens=max_new_tokens(arg),
                     rewards="tinyzero", eval_prompts=eval_prompts, eval_samples=2)  # fmt: skip
@@ -116,12 +103,33 @@ def _curve(run):
                  length=m["eval_response_length"], well_formed=m["eval_well_formed"]) for m in evals]  # fmt: skip
 
 
+def _forced(run, arg, prompts: int = 200) -> dict:
+    """Greedy held-out accuracy of the SFT model made to think (`<think>` forced) and to answer directly."""
+    from research.data import instructions
+    from research.reason.reasoner import Reasoner
+    from research.train.runs import load_run
+
+    reasoner = Reasoner(load_run(run.workdir))
+    examples = [instructions.make_example(i, split="eval", seed=0, kinds=(kind(_arg(arg), 0),)) for i in range(prompts)]
+    out = {"prompts": prompts}
+    for mode in ("think", "direct"):
+        answers = reasoner.answer([e.prompt for e in examples], mode=mode, max_new_tokens=max_new_tokens(_arg(arg)))
+        out[mode] = float(reasoner.correct(examples, answers).mean())
+    return out
+
+
 def analyze(workdir, runs, arg=None):
     arms = {"with traces in SFT": "grpo", "no traces in SFT (ablation)": "grpo_direct"}
     curves = {label: _curve(next(r for r in runs if r.stage == stage)) for label, stage in arms.items()}
-    (workdir / "results.json").write_text(json.dumps(curves, indent=1))
-    lines = ["| RL step | " + " | ".join(f"{a}: accuracy / thinks / tokens" for a in arms) + " |",
-             "|---:|" + "---:|" * len(arms)]  # fmt: skip
+    regime = _forced(next(r for r in runs if r.stage == "sft"), arg)
+    (workdir / "results.json").write_text(json.dumps(dict(curves=curves, sft_forced=regime), indent=1))
+    lines = [
+        f"SFT model, greedy on {regime['prompts']} held-out prompts: forced to think {regime['think']:.3f}, "
+        f"forced to answer directly {regime['direct']:.3f}.",
+        "",
+        "| RL step | " + " | ".join(f"{a}: accuracy / thinks / tokens" for a in arms) + " |",
+        "|---:|" + "---:|" * len(arms),
+    ]
     for i, point in enumerate(next(iter(curves.values()))):
         cells = [f"{c[i]['accuracy']:.3f} / {c[i]['thinks']:.2f} / {c[i]['length']:.1f}" for c in curves.values()]
         lines.append(f"| {point['step']} | " + " | ".join(cells) + " |")

@@ -20,10 +20,9 @@ from 0 and 1, so voting has room to help (or not). Arguments: scale=tiny|full, s
 
 import json
 
-from research.config import parse_arg, swiglu_mlp_dim
-from research.data.reasoning import ADDED_TOKENS
+from research.config import parse_arg
 from research.experiment import Stage
-from research.train.tasks import task_config
+from research.reason.recipes import sft_config
 
 SCALES = {
     # layers, d_model, heads, numbers, sft steps, batch, eval prompts, N max
@@ -47,15 +46,8 @@ def kind(arg) -> str:
 def get_config(arg=None):
     arg = _arg(arg)
     layers, d_model, heads, count, steps, batch, *_ = SCALES[arg.scale]
-    c = task_config("sft")
-    c.model.update(num_layers=layers, d_model=d_model, num_heads=heads, num_kv_heads=heads // 2, ffn="swiglu",
-                   norm="rmsnorm", mlp_dim=swiglu_mlp_dim(d_model), position="learned")  # fmt: skip
-    c.data.update(seq_len=128, added_tokens=ADDED_TOKENS)
-    c.sft.update(tasks=kind(arg), eval_examples=100, max_new_tokens=12 * count + 16)
-    c.train.update(steps=steps, batch_size=batch, eval_every=steps, checkpoint_every=steps, log_every=50,
-                   eval_batches=2, seed=arg.seed)  # fmt: skip
-    c.optim.update(learning_rate=2e-3, warmup_steps=20, weight_decay=0.0)
-    return c
+    return sft_config(kind(arg), layers=layers, d_model=d_model, heads=heads, steps=steps, batch=batch,
+                      max_new_tokens=12 * count + 16, seed=arg.seed)  # fmt: skip
 
 
 def get_stages(arg=None):
