@@ -3,21 +3,24 @@ r"""Test-time scaling: accuracy vs thinking tokens under budget forcing (caps, a
   python -m research.sweep --config experiments/cot_length.py --workdir workdirs/cot_length
 
 The reference's "performance vs CoT length" figure. One SFT run whose responses all
-think (D-digit addition, research/data/reasoning.py `add`: one column per trace step,
-9 tokens each). analyze() then decodes the held-out prompts greedily under budget
+think, on additions of 1 to D digits mixed (research/data/reasoning.py `add`: one
+column per trace step, 9 tokens each, so a D-digit problem needs 9 D - 1 thinking
+tokens). analyze() decodes held-out prompts of every length greedily under budget
 forcing (research/reason/budget.py) and reports accuracy against the mean thinking
 tokens actually spent:
-  cap B      thinking is cut at B tokens, here after 1, 2, ... D columns: `</think><answer>`
-             is forced there, and the model answers from a partial trace, the missing
-             columns in one forward pass (B = 0: the direct answer, `<answer>` forced first)
-  m Waits    the model's first m attempts to close its thinking become " Wait ", so
-             it is made to think longer than it chose to
+  cap B      thinking is cut at B tokens (B = 9 j - 1: after j columns), `</think><answer>`
+             is forced there and the model answers from what it has; B = 0 is the direct
+             answer (`<answer>` forced first)
+  m Waits    the model's first m attempts to close its thinking become "Wait ", so it is
+             made to think longer than it chose to
 Writes results.md, results.json and cot_length.png.
 
-Sizes: D is beyond what the model answers directly (direct accuracy near chance),
-and the SFT budget (SCALES) is where the full trace is mostly right. The model never
-saw "Wait" in training; whether extending its trace helps is what the m sweep measures.
-Arguments: scale=tiny|full, seed=N.
+Sizes: a first run on 4-digit problems alone showed accuracy 0 for every cap short of
+the full trace and 0.995 at it: a step, because a model cut off mid-trace does not
+finish the sum in one pass. Mixing lengths makes the same fact a curve: a budget of j
+columns solves the problems of at most j digits. The model never saw "Wait" in
+training; what appending it does is what the m sweep measures. Arguments:
+scale=tiny|full, seed=N.
 """
 
 import json
@@ -27,9 +30,9 @@ from research.experiment import Stage
 from research.reason.recipes import sft_config
 
 SCALES = {
-    # layers, d_model, heads, operand digits, sft steps, batch, eval prompts
-    "tiny": (2, 128, 4, 4, 800, 32, 200),
-    "full": (12, 768, 12, 12, 10_000, 128, 1_000),
+    # layers, d_model, heads, most operand digits, sft steps, batch, eval prompts per length
+    "tiny": (2, 128, 4, 4, 800, 32, 50),
+    "full": (12, 768, 12, 12, 10_000, 128, 200),
 }
 WAITS = (0, 1, 2, 4)
 
@@ -41,8 +44,8 @@ def _arg(arg):
     return arg
 
 
-def kind(arg) -> str:
-    return f"add:digits={SCALES[arg.scale][3]}:think=1"
+def kinds(arg) -> tuple[str, ...]:
+    return tuple(f"add:digits={d}:think=1" for d in range(1, SCALES[arg.scale][3] + 1))
 
 
 def full_trace(arg) -> int:
@@ -52,7 +55,7 @@ def full_trace(arg) -> int:
 def get_config(arg=None):
     arg = _arg(arg)
     layers, d_model, heads, _, steps, batch, _ = SCALES[arg.scale]
-    return sft_config(kind(arg), layers=layers, d_model=d_model, heads=heads, steps=steps, batch=batch,
+    return sft_config(",".join(kinds(arg)), layers=layers, d_model=d_model, heads=heads, steps=steps, batch=batch,
                       max_new_tokens=2 * full_trace(arg) + 24, seed=arg.seed, seq_len=160)  # fmt: skip
 
 
@@ -69,7 +72,9 @@ def analyze(workdir, runs, arg=None):
     n = SCALES[arg.scale][-1]
     run = runs[0]
     reasoner = Reasoner(load_run(run.workdir))
-    examples = [instructions.make_example(i, split="eval", seed=0, kinds=(kind(arg),)) for i in range(n)]
+    examples = [
+        instructions.make_example(i, split="eval", seed=0, kinds=kinds(arg)) for i in range(n * len(kinds(arg)))
+    ]
     prompts, budget = [e.prompt for e in examples], run.config.sft.max_new_tokens
     settings = [("cap", 0, dict(mode="direct"))]
     # Caps at column boundaries: after j of the D columns the model must answer the other D - j directly.
