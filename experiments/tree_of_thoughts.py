@@ -20,7 +20,9 @@ A problem is solved when the steps are valid and produce the target (the same ch
 for all three). Writes results.md, results.json and tree_of_thoughts.png.
 
 Equal calls are not equal tokens: a ToT call writes one step, a CoT call a whole trace.
-Sizes: the SFT budget (SCALES) leaves greedy CoT well below 100% on 4 numbers.
+Sizes: a first tiny run on 4 numbers (800 SFT steps) solved 0.04 of the problems with
+greedy CoT and 0.08-0.10 with ToT, most sampled steps invalid: the floor. The tiny
+scale uses 3 numbers (two steps) instead.
 Arguments: scale=tiny|full, seed=N.
 """
 
@@ -35,7 +37,7 @@ from research.reason.recipes import sft_config
 
 SCALES = {
     # layers, d_model, heads, numbers, sft steps, batch, eval problems, call budgets
-    "tiny": (2, 128, 4, 4, 800, 32, 100, (4, 8, 16)),
+    "tiny": (2, 128, 4, 3, 800, 32, 100, (4, 8, 16)),
     "full": (12, 768, 12, 5, 10_000, 128, 500, (8, 16, 32, 64)),
 }
 
@@ -150,6 +152,8 @@ def analyze(workdir, runs, arg=None):
     (workdir / "results.json").write_text(json.dumps(rows, indent=1))
     lines = ["| method | " + " | ".join(f"C = {c}" for c in budgets) + " |", "|---|" + "---:|" * len(budgets)]
     for method, values in rows.items():
+        if method.startswith("CoT, greedy"):
+            continue  # one call: the line below the table
         lines.append(f"| {method} | " + " | ".join(f"{values[c]:.3f}" if c in values else "" for c in budgets) + " |")
     lines.append(f"\nGreedy CoT (1 call): {rows['CoT, greedy (1 call)'][1]:.3f} of {n} held-out problems solved.")
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
