@@ -255,8 +255,10 @@ class SamplingTask(PostTask):
             "eval_response_length": float(length),
         }
         out.update({f"eval_reward_{k}": float(v.mean()) for k, v in parts.items()})
+        # Each statistic is averaged over the rows that have it (a mix may hold kinds without it).
         described = [self.prompt_set.describe(r, t) for r, t in zip(rows, texts, strict=True)]
-        out.update({f"eval_{k}": float(np.mean([d[k] for d in described])) for k in described[0]})
+        for key in sorted({k for d in described for k in d}):
+            out[f"eval_{key}"] = float(np.mean([d[key] for d in described if key in d]))
         return out
 
 
