@@ -70,7 +70,6 @@ class CountdownThoughts:
         numbers, self.target = reasoning.parse_countdown(prompt)
         self.root = (tuple(sorted(numbers)), ())
         self.space = tuple(int(t) for t in reasoner.tok.encode(" "))
-        self.calls = 0
 
     def propose(self, states, k):
         from research.decode import SamplingConfig, sample

@@ -41,13 +41,14 @@ class Reasoner:
 
     def __init__(self, run, mesh=None):
         self.run, self.mesh, self.tok = run, mesh, run.tokenizer
-        ids = [self.tok.token_to_id(t) for t in reasoning.TAGS]
-        if None in ids or any(i < getattr(self.tok.base, "vocab_size", self.tok.vocab_size) for i in ids):
+        if not set(reasoning.TAGS) <= set(getattr(self.tok, "added", ())):  # added tokens: one id each, always
             raise ValueError(
                 f"{run.workdir}: its tokenizer lacks the reasoning tags as added tokens; "
                 f"train it with data.added_tokens={reasoning.ADDED_TOKENS!r}"
             )
-        self.think_open, self.think_close, self.answer_open, self.answer_close = ids
+        self.think_open, self.think_close, self.answer_open, self.answer_close = (
+            self.tok.token_to_id(t) for t in reasoning.TAGS
+        )
         self.wait = tuple(int(t) for t in self.tok.encode(reasoning.WAIT))
         self.model, self.params = run.for_decoding()
 
