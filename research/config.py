@@ -97,6 +97,9 @@ def default_config() -> ml_collections.ConfigDict:
         seed=0,
         checkpoint_every=200,
         keep_checkpoints=3,
+        # A step whose loss or gradient norm is not finite changes nothing (research.train.step);
+        # this many of them in a row stop the run.
+        max_nonfinite_steps=5,
         async_checkpointing=True,
         eval_every=200,
         eval_batches=8,
@@ -225,6 +228,7 @@ def validate(config, sections=None) -> None:
         "train.batch_size",
         "train.grad_accum_steps",
         "train.checkpoint_every",
+        "train.max_nonfinite_steps",
         "train.eval_every",
         "train.log_every",
         "optim.learning_rate",
