@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research.launch import config_overrides, maybe_initialize_distributed
+from research.train.faults import NonFiniteError, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file: path.py[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "One sub-directory per run, plus the analysis.")
@@ -36,6 +37,12 @@ def main(argv):
     except ValueError as e:  # config / workdir problems: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Preempted as e:  # the checkpoint is saved: exit as a signal would, so schedulers requeue
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

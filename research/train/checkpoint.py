@@ -10,8 +10,13 @@ import os
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
+
+from research.train.faults import NonFiniteError
 
 # A resumed run must compute the same function on the same data stream.
 # Other keys (train.steps, eval cadence, mesh, learning rate...) may change.
@@ -42,6 +47,12 @@ def check_resume_compatible(workdir, config, extra_keys=()) -> None:
     """
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
+        ours = epath.Path(workdir) / "checkpoints"
+        if ours.exists() and any(ours.iterdir()):  # we write config.json before any checkpoint
+            raise ValueError(
+                f"workdir {workdir} holds a checkpoints/ directory but no config.json, so it was not written "
+                "by research.train; nothing was changed. Use a new --workdir"
+            )
         return
     try:
         saved = json.loads(path.read_text())
@@ -88,7 +99,16 @@ def make_manager(workdir, *, keep: int, async_checkpointing: bool) -> ocp.Checkp
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, *, force=False) -> None:
     """Async for the state (arrays are copied off-device first), synchronous for the
-    iterator's small JSON state, captured at this exact step."""
+    iterator's small JSON state, captured at this exact step.
+
+    A state holding a non-finite value is never written (NonFiniteError): the train step skips
+    non-finite updates, so one here means the run itself went wrong, and older checkpoints stay.
+    """
+    if not all_finite(state):
+        raise NonFiniteError(
+            f"the train state at step {step} holds non-finite values; checkpoint {step} was not written and "
+            f"the older ones in {manager.directory} are kept. Lower optim.learning_rate or check the model's dtype"
+        )
     manager.save(
         step,
         args=ocp.args.Composite(
@@ -103,14 +123,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
 
     The data iterator's state is per process, so the process count must match the saving run's.
     """
-    data_dir = epath.Path(manager.directory) / str(step) / "data"
-    mine = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if data_dir.exists() and not mine.exists():
-        saved = sorted(p.name for p in data_dir.glob("process_*.json"))
-        raise ValueError(
-            f"checkpoint {step} in {manager.directory} holds data-iterator states {saved}, written by a run with "
-            f"another process count than this one ({jax.process_count()}); resume with the same number of processes"
-        )
+    _check_process_count(manager, step)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -118,6 +131,80 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
         ),
     )
     return restored["state"]
+
+
+def _check_process_count(manager, step) -> None:
+    data_dir = epath.Path(manager.directory) / str(step) / "data"
+    mine = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    saved = sorted(p.name for p in data_dir.glob("process_*.json")) if data_dir.exists() else []
+    if saved and not mine.exists():
+        raise ValueError(
+            f"checkpoint {step} in {manager.directory} holds data-iterator states {saved}, written by a run with "
+            f"another process count than this one ({jax.process_count()}); resume with the same number of processes"
+        )
+
+
+def restore_newest_good(manager: ocp.CheckpointManager, abstract_state, data_iterator):
+    """(step, state) of the newest checkpoint that restores whole and finite; (None, None) when there
+    is none at all.
+
+    A newer one that is partial, unreadable or inconsistent (e.g. a machine lost mid-write, a
+    truncated array file, shapes that don't match) is reported with a warning naming its step and
+    moved, untouched, to DIR/damaged_checkpoints/, so the resumed run can save that step again and
+    the retention policy never counts it. Nothing is deleted. When every checkpoint is damaged,
+    ValueError lists each with its error and nothing is moved.
+    """
+    directory = epath.Path(manager.directory)
+    damaged = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        _check_process_count(manager, step)  # a config problem, not damage: raised as it is
+        try:
+            state = restore(manager, step, abstract_state, data_iterator)
+            if not all_finite(state):
+                raise ValueError("it holds non-finite values")
+        except Exception as e:  # noqa: BLE001  orbax, tensorstore and JSON errors of every kind
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            logging.warning("checkpoint %d in %s is damaged and is skipped (%s)", step, directory, reason)
+            damaged.append((step, reason))
+            continue
+        if damaged:
+            _set_aside(directory, [s for s, _ in damaged])
+            manager.reload()
+        return step, state
+    if damaged:
+        found = "; ".join(f"step {s}: {r}" for s, r in damaged)
+        raise ValueError(
+            f"no checkpoint in {directory} can be restored, so the run can't resume and nothing was changed. "
+            f"Found: {found}. Move them away to start afresh in this workdir, or use a new --workdir"
+        )
+    return None, None
+
+
+def _set_aside(directory: epath.Path, steps) -> None:
+    """Moves step directories to ../damaged_checkpoints/STEP (STEP.1, ... if that exists); process 0 only."""
+    if jax.process_index() == 0:
+        target_root = directory.parent / "damaged_checkpoints"
+        target_root.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+            target, n = target_root / str(step), 0
+            while target.exists():
+                n += 1
+                target = target_root / f"{step}.{n}"
+            (directory / str(step)).rename(target)
+            logging.warning("damaged checkpoint %d moved to %s", step, target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("research.train.checkpoint._set_aside")
+
+
+def all_finite(tree) -> bool:
+    """Whether every floating-point leaf of `tree` is finite (one jitted reduction, then one sync)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return bool(_all_finite(leaves)) if leaves else True
+
+
+@jax.jit
+def _all_finite(leaves):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def latest_params(workdir, abstract_params):

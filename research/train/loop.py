@@ -19,6 +19,7 @@ from tqdm import tqdm
 from research.data.pipeline import document_texts
 from research.tokenizers import ByteTokenizer, load_tokenizer, train_tokenizer
 from research.train import checkpoint
+from research.train.faults import NonfiniteStreak, Preempted, StopRequests
 from research.train.metrics import MetricsWriter
 from research.train.report import write_report
 from research.train.sharding import LOGICAL_RULES, make_mesh, mesh_shape
@@ -96,20 +97,26 @@ def evaluate(eval_fn, params, frozen, batches, mesh, *, perplexity: bool = True)
     return out
 
 
-def _window_means(window: list[dict]) -> dict:
-    """Target-weighted means of each logged quantity over the window's steps.
+def window_metrics(window: list[dict]) -> dict:
+    """What the log shows for the steps since the last log line (host values, one dict per step).
 
-    One batch's loss is noisy (files differ a lot); the window's mean is not.
-    Vectors (e.g. per-expert load) average elementwise.
+    Target-weighted means of each logged quantity over the window's steps: one batch's loss is
+    noisy (files differ a lot), the window's mean is not. Vectors (e.g. per-expert load) average
+    elementwise. Skipped (non-finite) steps are left out of every mean and counted in
+    `nonfinite_steps`; a window of only skipped steps logs that count alone.
     """
-    tokens = np.array([float(m["target_tokens"]) for m in window])
-    out = {}
-    for key in window[0]:
-        if key in ("target_tokens", "learning_rate", "grad_norm"):
+    skipped = np.array([float(m["nonfinite"]) for m in window])
+    kept = [m for m, s in zip(window, skipped, strict=True) if not s]
+    out = {"nonfinite_steps": int(skipped.sum())}
+    if not kept:
+        return out
+    tokens = np.array([float(m["target_tokens"]) for m in kept])
+    for key in kept[0]:
+        if key in ("target_tokens", "learning_rate", "grad_norm", "nonfinite"):
             continue
-        values = np.stack([np.asarray(m[key], np.float64) for m in window])
-        mean = np.tensordot(tokens, values, axes=1) / tokens.sum()
-        out[key] = mean.tolist()
+        values = np.stack([np.asarray(m[key], np.float64) for m in kept])
+        out[key] = (np.tensordot(tokens, values, axes=1) / max(tokens.sum(), 1.0)).tolist()
+    out["grad_norm"] = float(np.mean([m["grad_norm"] for m in kept]))
     return out
 
 
@@ -138,13 +145,11 @@ def train(config, workdir) -> dict:
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         abstract_state, state_sharding = state_shapes(task.model, tx, mesh, init_fn=task.init_params)
         frozen = task.frozen_params(mesh)
-        start = manager.latest_step()
+        start, state = checkpoint.restore_newest_good(manager, abstract_state, source.iterator)
         if start is None:
             state, _ = create_train_state(task.model, tx, mesh, jax.random.key(t.seed), init_fn=task.init_params)
             state = state.replace(params=task.initial_params(state.params, frozen))
             start = 0
-        else:
-            state = checkpoint.restore(manager, start, abstract_state, source.iterator)
         checkpoint.save_config(workdir, config)
         if jax.process_index() == 0:
             tokenizer.save(workdir / "tokenizer.json")
@@ -178,6 +183,7 @@ def train(config, workdir) -> dict:
             )
         tokens_per_step = task.tokens_per_step()
         last, window, timed_steps, window_start = {}, [], 0, time.perf_counter()
+        streak, unchecked, saved = NonfiniteStreak(t.max_nonfinite_steps), [], start
         bar = tqdm(
             range(start, t.steps),
             initial=start,
@@ -186,49 +192,66 @@ def train(config, workdir) -> dict:
             desc="train",
             dynamic_ncols=True,
         )
-        for step in bar:
-            batch = source.next_batch(state, frozen)
-            state, metrics = p_train(state, batch, frozen)
-            window.append(metrics)  # device arrays: no host sync until we log
-            timed_steps += 1
-            if step == start:  # the first call compiles: keep it out of tokens_per_sec
-                jax.block_until_ready(metrics)
-                timed_steps, window_start = 0, time.perf_counter()
-            done = step + 1
-            if done % t.log_every == 0 or done == t.steps:
-                window = jax.device_get(window)  # blocks: the timing window ends here
-                elapsed = time.perf_counter() - window_start
-                last = {
-                    **_window_means(window),
-                    "grad_norm": float(np.mean([m["grad_norm"] for m in window])),
-                    "learning_rate": float(window[-1]["learning_rate"]),
-                    "tokens_per_sec": timed_steps * tokens_per_step / elapsed if timed_steps else None,
-                    **source.pop_metrics(),  # e.g. an RL source's rollout reward, KL, lengths, timings
-                }
-                writer.write(done, last)
-                shown = {k: f"{last[k]:.3f}" for k in ("loss", "reward", "kl") if isinstance(last.get(k), float)}
-                bar.set_postfix(**shown, tok_s=f"{last['tokens_per_sec'] or 0:.0f}")
-                window, timed_steps, window_start = [], 0, time.perf_counter()
-            evaluating = done % t.eval_every == 0 or done == t.steps
-            saving = done % t.checkpoint_every == 0 or done == t.steps
-            if evaluating or saving:
-                # Keep eval and checkpoint time out of tokens_per_sec: finish the queued
-                # train steps first, then push the window's start back by what follows.
-                jax.block_until_ready(state)
-                paused = time.perf_counter()
-                if evaluating:
-                    eval_metrics = evaluate(
-                        p_eval, state.params, frozen, eval_batches, mesh, perplexity=task.reports_perplexity
-                    )
-                    eval_metrics.update(task.evaluate(state.params, frozen))
-                    writer.write(done, eval_metrics)
-                    last.update(eval_metrics)
-                if saving:
-                    checkpoint.save(manager, done, state, source.iterator, force=True)
-                window_start += time.perf_counter() - paused
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
+        stop = StopRequests()
+        try:
+            with stop:
+                for step in bar:
+                    batch = source.next_batch(state, frozen)
+                    state, metrics = p_train(state, batch, frozen)
+                    window.append(metrics)  # device arrays: no host sync until we log
+                    unchecked.append((step + 1, metrics["nonfinite"]))
+                    timed_steps += 1
+                    if step == start:  # the first call compiles: keep it out of tokens_per_sec
+                        jax.block_until_ready(metrics)
+                        timed_steps, window_start = 0, time.perf_counter()
+                    done = step + 1
+                    logging_now = done % t.log_every == 0 or done == t.steps
+                    preempted = stop.due(done, at_log_point=logging_now)
+                    if logging_now or preempted:
+                        window = jax.device_get(window)  # blocks: the timing window ends here
+                        elapsed = time.perf_counter() - window_start
+                        last = {
+                            **window_metrics(window),
+                            "learning_rate": float(window[-1]["learning_rate"]),
+                            "tokens_per_sec": timed_steps * tokens_per_step / elapsed if timed_steps else None,
+                            **source.pop_metrics(),  # e.g. an RL source's rollout reward, KL, lengths, timings
+                        }
+                        writer.write(done, last)
+                        shown = {k: f"{last[k]:.3f}" for k in ("loss", "reward", "kl")
+                                 if isinstance(last.get(k), float)}  # fmt: skip
+                        bar.set_postfix(**shown, tok_s=f"{last['tokens_per_sec'] or 0:.0f}")
+                        window, timed_steps, window_start = [], 0, time.perf_counter()
+                    evaluating = done % t.eval_every == 0 or done == t.steps
+                    saving = done % t.checkpoint_every == 0 or done == t.steps or preempted
+                    if logging_now or evaluating or saving:
+                        streak.add(*zip(*jax.device_get(unchecked), strict=True))  # raises after too many in a row
+                        unchecked = []
+                    if evaluating or saving:
+                        # Keep eval and checkpoint time out of tokens_per_sec: finish the queued
+                        # train steps first, then push the window's start back by what follows.
+                        jax.block_until_ready(state)
+                        paused = time.perf_counter()
+                        if evaluating and not preempted:
+                            eval_metrics = evaluate(
+                                p_eval, state.params, frozen, eval_batches, mesh, perplexity=task.reports_perplexity
+                            )
+                            eval_metrics.update(task.evaluate(state.params, frozen))
+                            writer.write(done, eval_metrics)
+                            last.update(eval_metrics)
+                        if saving and saved != done:
+                            checkpoint.save(manager, done, state, source.iterator, force=True)
+                            saved = done
+                        window_start += time.perf_counter() - paused
+                    if preempted:
+                        break
+        finally:  # also when a NonFiniteError stops the run: a save in flight still completes
+            manager.wait_until_finished()
+            manager.close()
+            writer.close()
+            bar.close()
+        if stop.signum is not None and saved != t.steps:
+            # Eval due at this step was skipped (a preemption grace period is short); the rerun goes on from here.
+            raise Preempted(saved, stop.signum)
     if jax.process_index() == 0:
         write_report(workdir)
     return last

@@ -116,14 +116,32 @@ def train_step(state, batch, frozen=None, *, grad_accum_steps: int, learning_rat
 
     count = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
+    loss, grad_norm = loss_sum / count, optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     metrics = {
-        "loss": loss_sum / count,
-        "grad_norm": optax.tree.norm(grads),
+        "loss": loss,
+        "grad_norm": grad_norm,
         "learning_rate": learning_rate_fn(state.step),
         "target_tokens": count,
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
         **{k: v / count for k, v in sums.items()},
     }
-    return state.apply_gradients(grads=grads), metrics
+    return skip_unless(finite, state.apply_gradients(grads=grads), state), metrics
+
+
+def skip_unless(finite, updated, state):
+    """`updated` where `finite`, else `state`'s params and optimizer state with `updated`'s step.
+
+    A non-finite loss or gradient (an overflow, a bad batch) would poison the params and Adam's
+    moments for good; skipping the update inside the step needs no host sync. The step counter
+    still advances: it counts the batches consumed, so the next step draws fresh randomness and the
+    loop's step and the state's stay equal.
+    """
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731  fuses into the update
+    return updated.replace(
+        params=jax.tree.map(keep, updated.params, state.params),
+        opt_state=jax.tree.map(keep, updated.opt_state, state.opt_state),
+    )
 
 
 def eval_step(params, batch, frozen=None, *, sums_fn):

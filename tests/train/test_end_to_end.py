@@ -73,35 +73,52 @@ def test_quickstart_smoke_trains_and_samples(reference_run):
     assert "def " in sample.stdout and "import " in sample.stdout
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir, reference_run):
-    reference, _ = reference_run
-    flags = [*REFERENCE_FLAGS, "--nosample"]  # sampling comes after the last checkpoint: same params
-    killed = tmp_path / "killed"
+def launch_until(workdir, data_dir, flags, checkpoint_step, sig):
+    """Starts the run, sends `sig` once checkpoint `checkpoint_step` exists; returns (returncode, stderr)."""
     proc = subprocess.Popen(
-        main_command(killed, data_dir, *flags),
+        main_command(workdir, data_dir, *flags),
         cwd=REPO,
         env=subprocess_env(2),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 240
-    while not (killed / "checkpoints" / "20").exists() and time.time() < deadline and proc.poll() is None:
+    while not (workdir / "checkpoints" / str(checkpoint_step)).exists() and time.time() < deadline:
+        if proc.poll() is not None:
+            break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "checkpoints" / "60").exists(), "the run finished before it could be killed"
-    assert (killed / "checkpoints" / "20").exists()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert not (workdir / "checkpoints" / "60").exists(), "the run finished before the signal came"
+    return proc.returncode, stderr
 
-    run(main_command(killed, data_dir, *flags), devices=2)  # resumes from the newest checkpoint
+
+def test_sigterm_then_sigkill_then_resume_equals_uninterrupted(tmp_path, data_dir, reference_run):
+    """A spot VM's SIGTERM (save at the current step, exit 143), then a hard SIGKILL of the rerun (resume
+    from the newest periodic checkpoint), then a rerun to the end: bitwise the uninterrupted run."""
+    reference, _ = reference_run
+    flags = [*REFERENCE_FLAGS, "--nosample"]  # sampling comes after the last checkpoint: same params
+    workdir = tmp_path / "interrupted"
+    code, stderr = launch_until(workdir, data_dir, flags, 20, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr[-2000:]
+    step = int(re.search(r"SIGTERM received: saved a checkpoint at step (\d+) and stopped", stderr).group(1))
+    assert 20 <= step < 60 and (workdir / "checkpoints" / str(step)).exists()
+    assert max(m["step"] for m in read_metrics(workdir)) == step  # the window up to the stop was flushed
+
+    code, _ = launch_until(workdir, data_dir, flags, 40, signal.SIGKILL)  # resumes at `step`, killed after 40
+    assert code == -signal.SIGKILL and (workdir / "checkpoints" / "40").exists()
+
+    run(main_command(workdir, data_dir, *flags), devices=2)  # resumes from the newest checkpoint
     step_a, params_a = final_params(reference)
-    step_b, params_b = final_params(killed)
+    step_b, params_b = final_params(workdir)
     assert step_a == step_b == 60
     leaves_a, leaves_b = jax.tree.leaves(params_a), jax.tree.leaves(params_b)
     assert len(leaves_a) == len(leaves_b) > 0
     for a, b in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(a, b)  # same batches, same maths, same order: bitwise equal
     loss = lambda w: [m["loss"] for m in read_metrics(w) if m["step"] == 60 and "loss" in m][-1]  # noqa: E731
-    assert loss(reference) == loss(killed)
+    assert loss(reference) == loss(workdir)
 
 
 def test_incompatible_workdir_is_refused_and_untouched(data_dir, reference_run):
