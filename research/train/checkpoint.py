@@ -219,15 +219,24 @@ def latest_params(workdir, abstract_params):
     if step is None:
         raise ValueError(f"workdir {workdir} holds no checkpoint")
     item = {"params": abstract_params}
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
-            )
-        ),
-    )
-    manager.close()
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+                )
+            ),
+        )
+    except Exception as e:  # noqa: BLE001  a damaged file: say which checkpoint, not just the decoder's error
+        # Not an older checkpoint in its place: that would be another model than the run's.
+        raise ValueError(
+            f"the newest checkpoint of {workdir} (step {step}) can't be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}); rerun its training with the same --workdir, "
+            "which sets a damaged checkpoint aside and goes on from the newest good one"
+        ) from None
+    finally:
+        manager.close()
     return restored["state"]["params"]
 
 

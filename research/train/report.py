@@ -33,7 +33,8 @@ def write_report(workdir, title: str = "") -> None:
     metrics = read_metrics(workdir)
     train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
     by_step = {m["step"]: m for m in metrics if "loss" in m}
-    evals = [m for m in metrics if m["step"] > 0 and "loss" not in m and "num_params" not in m]
+    # Train log lines carry nonfinite_steps (and loss, unless every step of the window was skipped).
+    evals = [m for m in metrics if m["step"] > 0 and not {"loss", "nonfinite_steps", "num_params"} & set(m)]
     columns = eval_columns(evals)
     lines = [
         "| step | train loss | " + " | ".join(columns) + " | tokens/s |",

@@ -78,11 +78,12 @@ def test_window_leaves_skipped_steps_out_of_the_means():
 
 # --- checkpoints: never non-finite, damaged ones skipped -------------------------------------------------
 
-ABSTRACT = {"w": jax.ShapeDtypeStruct((64, 64), jnp.float32), "b": jax.ShapeDtypeStruct((8,), jnp.float32)}
+PARAMS = {"w": jax.ShapeDtypeStruct((64, 64), jnp.float32), "b": jax.ShapeDtypeStruct((8,), jnp.float32)}
+ABSTRACT = {"params": PARAMS}
 
 
 def saved_state(step):
-    return {"w": jnp.full((64, 64), float(step)), "b": jnp.arange(8.0) + step}
+    return {"params": {"w": jnp.full((64, 64), float(step)), "b": jnp.arange(8.0) + step}}
 
 
 def iterator():
@@ -130,7 +131,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, thre
     it = iterator()
     with caplog.at_level("WARNING", logger=absl_logging.ABSLLogger.root.name):
         step, state = checkpoint.restore_newest_good(manager, ABSTRACT, it)
-    assert step == 20 and float(state["w"][0, 0]) == 20.0 and next(it) == 2
+    assert step == 20 and float(state["params"]["w"][0, 0]) == 20.0 and next(it) == 2
     assert "checkpoint 30" in caplog.text and "damaged" in caplog.text
     moved = workdir / "damaged_checkpoints" / "30"  # set aside untouched, not deleted
     assert sorted(str(p.relative_to(moved)) for p in files_under(moved)) == before
@@ -139,6 +140,15 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, thre
     manager.wait_until_finished()
     assert checkpoint.restore_newest_good(manager, ABSTRACT, iterator())[0] == 30
     manager.close()
+
+
+def test_reading_a_damaged_newest_checkpoint_as_a_model_names_it(tmp_path, three_checkpoints):
+    workdir = tmp_path / "run"
+    shutil.copytree(three_checkpoints, workdir)
+    assert float(checkpoint.latest_params(workdir, PARAMS)["w"][0, 0]) == 30.0
+    DAMAGE["truncated array files"](workdir / "checkpoints" / "30")
+    with pytest.raises(ValueError, match=r"newest checkpoint of .*run \(step 30\) can't be read .*rerun its training"):
+        checkpoint.latest_params(workdir, PARAMS)
 
 
 def test_every_checkpoint_damaged_is_an_error_listing_them_and_nothing_moves(tmp_path, three_checkpoints):
@@ -154,7 +164,7 @@ def test_every_checkpoint_damaged_is_an_error_listing_them_and_nothing_moves(tmp
 
 def test_nonfinite_state_is_never_written(tmp_path):
     manager = checkpoint.make_manager(tmp_path / "run", keep=5, async_checkpointing=False)
-    bad = {"w": jnp.full((64, 64), jnp.nan), "b": jnp.arange(8.0)}
+    bad = {"params": {"w": jnp.full((64, 64), jnp.nan), "b": jnp.arange(8.0)}}
     with pytest.raises(NonFiniteError, match="step 5 holds non-finite values; checkpoint 5 was not written"):
         checkpoint.save(manager, 5, bad, iterator(), force=True)
     assert manager.all_steps() == [] and not list((tmp_path / "run" / "checkpoints").iterdir())
