@@ -35,7 +35,6 @@ answer, 0.1 for a well-formed wrong one, 0 for anything malformed; accuracy is
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import fractions
 import functools
@@ -43,6 +42,8 @@ import itertools
 import re
 
 import numpy as np
+
+from research.data import arithmetic
 
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
@@ -235,31 +236,12 @@ def parse_countdown(prompt: str) -> tuple[tuple[int, ...], int]:
 
 def evaluate_expression(text: str) -> tuple[list[int], fractions.Fraction | None]:
     """(the integer literals used, the exact value) of an arithmetic expression; value None if it is not
-    one (names, calls, powers, division by zero, a syntax error). Never evaluates anything but + - * /."""
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, ValueError):
-        return [], None
+    one (names, calls, powers, signs, division by zero, a syntax error). Never evaluates anything but + - * /."""
     used: list[int] = []
-
-    def walk(node):
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            used.append(node.value)
-            return fractions.Fraction(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Div) and right == 0:
-                raise ZeroDivisionError
-            return _OPS[_BINOPS[type(node.op)]](left, right)
-        raise ValueError(f"not allowed: {type(node).__name__}")
-
     try:
-        return used, walk(tree.body)
-    except (ValueError, ZeroDivisionError, RecursionError):
+        return used, arithmetic.evaluate(text, operators=arithmetic.FOUR_OPERATIONS, integers_only=True, used=used)
+    except arithmetic.CalculatorError:
         return used, None
-
-
-_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
 _STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")
