@@ -173,5 +173,7 @@ def performer_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, n
         kv = jnp.einsum("bnhm,bnhd->bhmd", kf, vf)  # [b, kvh, m, d]
         num = jnp.einsum("bnhgm,bhmd->bnhgd", qf, kv)
         den = jnp.einsum("bnhgm,bhm->bnhg", qf, kf.sum(1))
-    out = num / jnp.maximum(den, 1e-30)[..., None]  # den > 0 for any query with a key; padding rows -> 0
+    # den > 0 for any query with a key; a padding query has none (num = den = 0) and gets 0. Dividing it by
+    # 1 rather than by the clamp keeps its gradient finite: num / 1e-30 has a 0/0 (1e-30 squared) in it.
+    out = num / jnp.where(den > 0, jnp.maximum(den, 1e-30), 1.0)[..., None]
     return out.reshape(b, q_len, heads, d).astype(q.dtype)

@@ -265,6 +265,18 @@ def test_performer_causal_prefix_sums_equal_the_masked_quadratic_form(chunk, kv_
     )
 
 
+def test_performer_gradients_are_finite_with_padding():
+    """A padding query sees no key (numerator = denominator = 0): its output is 0 and its gradient is too,
+    not the 0/0 a clamped denominator's square underflows to (found by tests/test_config_fuzz.py)."""
+    q, k, v = _qkv(1)
+    seg = jnp.asarray(SEGMENTS)  # row 0 ends in two padding tokens
+    loss = lambda q, k, v: jnp.sum(
+        lowrank.performer_attention(q, k, v, causal=True, segment_ids=seg, num_features=16, block_size=8) ** 2
+    )
+    for grad in jax.grad(loss, argnums=(0, 1, 2))(q, k, v):
+        assert np.isfinite(np.asarray(grad)).all()
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_performer_error_shrinks_with_features(causal):
     # |q|, |k| ~ 0.5 sqrt(d): FAVOR+ variance grows with exp(|q|^2 + |k|^2), keep it moderate.
