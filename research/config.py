@@ -12,20 +12,24 @@ This module imports no task: tasks import it.
 """
 
 import dataclasses
+import functools
+import inspect
+import math
 
 import ml_collections
 
-from research.attention import list_attention
+from research.attention import get_attention, list_attention
 from research.attention.sparse import check_attention_options
 from research.layers.mlp import FFNS
 from research.layers.moe import check_config as check_moe_config
 from research.layers.norms import NORMS
 from research.layers.position import POSITIONS
 from research.models import ModelConfig
+from research.models.encoder import POOLINGS
 from research.peft.model import PeftSpec
 from research.quant.config import validate_quant
 from research.tokenizers import TOKENIZER_KINDS
-from research.tokenizers.base import check_added_tokens
+from research.tokenizers.base import check_added_tokens, min_vocab_size
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -175,13 +179,20 @@ def parse_arg(arg: str | None, **defaults):
     return out
 
 
+@functools.cache
+def _core_schema() -> dict:
+    """default_config() as nested plain dicts, built once (validate runs per config; a ConfigDict is slow
+    to build). Read-only: nothing may change it."""
+    return default_config().to_dict()
+
+
 def _check_schema(config, schema, prefix=""):
     for key, value in config.items():
         path = f"{prefix}{key}"
         if key not in schema:
             raise ValueError(f"unknown config key {path!r}; known keys here: {sorted(schema.keys())}")
         expected = schema[key]
-        if isinstance(expected, ml_collections.ConfigDict):
+        if isinstance(expected, dict):
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ValueError(f"config key {path!r} must be a section, got {value!r}")
             _check_schema(value, expected, prefix=path + ".")
@@ -191,6 +202,8 @@ def _check_schema(config, schema, prefix=""):
             raise ValueError(
                 f"config key {path!r} must be {type(expected).__name__}, got {type(value).__name__} {value!r}"
             )
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config key {path!r} must be a finite number, got {value!r}")
 
 
 def _choice(path, value, allowed):
@@ -198,11 +211,50 @@ def _choice(path, value, allowed):
         raise ValueError(f"{path}={value!r}; choose one of {sorted(allowed)}")
 
 
+def _get(config, path):
+    for key in path.split("."):
+        config = config[key]
+    return config
+
+
 def _positive(config, *paths):
     for path in paths:
-        section, key = path.split(".")
-        if config[section][key] <= 0:
-            raise ValueError(f"{path} must be > 0, got {config[section][key]}")
+        if not _get(config, path) > 0:
+            raise ValueError(f"{path} must be > 0, got {_get(config, path)}")
+
+
+def _positive_or_auto(config, *paths):
+    """Fields where -1 means "derived from another field" (model.mlp_dim, data.num_shards, ...)."""
+    for path in paths:
+        value = _get(config, path)
+        if value != -1 and not value > 0:
+            raise ValueError(f"{path} must be > 0 or -1 (derived), got {value}")
+
+
+def _non_empty(config, *paths):
+    for path in paths:
+        if not _get(config, path):
+            raise ValueError(f"{path} must be a non-empty string")
+
+
+def check_range(config, path, lo=None, hi=None, *, lo_open=False, hi_open=False) -> None:
+    """Raises ValueError naming `path` (dotted, e.g. "optim.b1") unless lo <= value <= hi.
+
+    lo_open / hi_open make that end exclusive; None leaves it unbounded. For the
+    tasks' sections too (research/train/tasks*.py).
+    """
+    value = _get(config, path)
+    above = lo is None or (value > lo if lo_open else value >= lo)
+    below = hi is None or (value < hi if hi_open else value <= hi)
+    if above and below:
+        return
+    if hi is None:
+        want = f"{'>' if lo_open else '>='} {lo}"
+    elif lo is None:
+        want = f"{'<' if hi_open else '<='} {hi}"
+    else:
+        want = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    raise ValueError(f"{path}={value!r} must be {want}")
 
 
 def validate(config, sections=None) -> None:
@@ -212,10 +264,7 @@ def validate(config, sections=None) -> None:
     config may (and the task's config does) carry beside the core; their values
     are the task's to check (research.train.tasks.validate_config does both).
     """
-    schema = default_config()
-    for name, defaults in (sections or {}).items():
-        schema[name] = ml_collections.ConfigDict(defaults)
-    _check_schema(config, schema)
+    _check_schema(config, {**_core_schema(), **(sections or {})})
     m, d, t = config.model, config.data, config.train
     _positive(
         config,
@@ -231,8 +280,27 @@ def validate(config, sections=None) -> None:
         "train.max_nonfinite_steps",
         "train.eval_every",
         "train.log_every",
+        "train.keep_checkpoints",
+        "train.eval_batches",
+        "model.norm_eps",
+        "model.rope_theta",
         "optim.learning_rate",
+        "optim.eps",
+        "optim.clip_norm",
+        "sample.num_samples",
+        "sample.max_new_tokens",
     )
+    _positive_or_auto(config, "model.vocab_size", "model.mlp_dim", "model.max_len", "data.num_shards")
+    check_range(config, "train.seed", 0)
+    check_range(config, "optim.warmup_steps", 0)
+    check_range(config, "optim.min_lr_ratio", 0, 1)
+    check_range(config, "optim.weight_decay", 0)
+    check_range(config, "optim.b1", 0, 1, hi_open=True)
+    check_range(config, "optim.b2", 0, 1, hi_open=True)
+    check_range(config, "sample.temperature", 0)  # 0: greedy
+    check_range(config, "sample.top_k", 0)  # 0: off
+    check_range(config, "sample.top_p", 0, 1, lo_open=True)
+    _non_empty(config, "data.name", "data.text_key", "data.train_split", "data.eval_split")
     if m.d_model % m.num_heads:
         raise ValueError(f"model.num_heads={m.num_heads} must divide model.d_model={m.d_model}")
     if m.num_heads % m.num_kv_heads:
@@ -243,11 +311,21 @@ def validate(config, sections=None) -> None:
     _choice("model.norm", m.norm, NORMS)
     _choice("model.position", m.position, POSITIONS)
     _choice("model.attention", m.attention, list_attention())
+    if m.position == "relative" and "bias" not in inspect.signature(get_attention(m.attention)).parameters:
+        raise ValueError(
+            f"model.position='relative' adds a bias to the attention logits, which model.attention={m.attention!r} "
+            "does not take; use 'dense'"
+        )
     check_attention_options(m.attention, m.attention_options, d.seq_len)
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("model.param_dtype", m.param_dtype, DTYPES)
     _choice("data.tokenizer", d.tokenizer, TOKENIZER_KINDS)
     _positive(config, "data.vocab_size", "data.tokenizer_min_frequency", "data.tokenizer_sample_bytes")
+    if d.tokenizer != "byte" and d.vocab_size < min_vocab_size(d.tokenizer):  # byte's vocabulary is fixed
+        raise ValueError(
+            f"data.vocab_size={d.vocab_size} is too small for data.tokenizer={d.tokenizer!r}: "
+            f"it needs at least {min_vocab_size(d.tokenizer)}"
+        )
     check_added_tokens(d.added_tokens.split(), "data.added_tokens")
     if 0 <= m.max_len < d.seq_len:
         raise ValueError(f"model.max_len={m.max_len} is shorter than data.seq_len={d.seq_len}")
@@ -259,6 +337,15 @@ def validate(config, sections=None) -> None:
     check_moe_config(m, config.mesh)
     validate_quant(config)
     PeftSpec.from_config(config.peft)
+    e = config.encoder
+    _choice("encoder.pooling", e.pooling, POOLINGS)
+    # Encoders split the buckets in half per direction; each half needs an exact bucket and a log-spaced one.
+    check_range(config, "encoder.relative_buckets", 4)
+    if e.relative_max_distance <= e.relative_buckets // 2:
+        raise ValueError(
+            f"encoder.relative_max_distance={e.relative_max_distance} must exceed half of "
+            f"encoder.relative_buckets={e.relative_buckets}: the exactly bucketed offsets come below it"
+        )
 
 
 def model_config(config, vocab_size: int) -> ModelConfig:

@@ -249,7 +249,7 @@ def strided_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, str
 
 # --- Config-time checks (research.config.validate calls this before anything compiles). ---
 
-# Options that must divide the sequence length (or be >= it), and options that must be positive, per variant.
+# Options that must divide the sequence length (or be >= it), per variant.
 _DIVIDES = {
     "blockwise": ("block_size",),
     "sliding": ("window",),
@@ -257,20 +257,23 @@ _DIVIDES = {
     "strided": ("stride",),
     "linformer": ("rank",),
     "performer": ("block_size",),
+    "flash": ("block_q", "block_kv"),
 }
-_POSITIVE = {**_DIVIDES, "performer": ("block_size", "num_features")}
+# Numeric options that may be 0; every other must be > 0, whichever variant runs (a sweep over
+# model.attention shares the options).
+_NON_NEGATIVE = ("num_global",)
 
 
 def check_attention_options(name: str, options, seq_len: int) -> None:
-    """Raises ValueError naming `model.attention_options.<key>` when variant `name` can't run at seq_len."""
-    for key in _POSITIVE.get(name, ()):
-        if options[key] <= 0:
-            raise ValueError(f"model.attention_options.{key}={options[key]} must be > 0 for attention {name!r}")
+    """Raises ValueError naming `model.attention_options.<key>` when an option is out of range, or
+    variant `name` can't run at seq_len."""
+    for key, value in options.items():
+        least = 0 if key in _NON_NEGATIVE else 1
+        if not isinstance(value, bool) and value < least:
+            raise ValueError(f"model.attention_options.{key}={value} must be {'>= 0' if least == 0 else '> 0'}")
     for key in _DIVIDES.get(name, ()):
         if seq_len % min(options[key], seq_len):
             raise ValueError(
                 f"model.attention_options.{key}={options[key]} must divide data.seq_len={seq_len} (or be >= it)"
                 f" for attention {name!r}"
             )
-    if name == "block_sparse" and options["num_global"] < 0:
-        raise ValueError(f"model.attention_options.num_global={options['num_global']} must be >= 0")

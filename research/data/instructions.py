@@ -106,18 +106,24 @@ def _candidate(kind: str, rng) -> Example:
     raise ValueError(f"unknown instruction task kind {kind!r}; choose from {KINDS}")
 
 
-def check_kinds(kinds) -> tuple[str, ...]:
-    """The kinds, checked: this module's KINDS and research.data.reasoning's kind strings."""
+def check_kinds(kinds, field: str = "sft.tasks") -> tuple[str, ...]:
+    """The kinds, checked: this module's KINDS and research.data.reasoning's kind strings.
+
+    field: the config key they come from, named by the error.
+    """
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in KINDS and not reasoning.is_reasoning_kind(k)]
     if not kinds or bad:
         raise ValueError(
-            f"sft.tasks={','.join(kinds)!r} holds unknown kinds {bad}; choose from {list(KINDS)} "
+            f"{field}={','.join(kinds)!r} holds unknown kinds {bad}; choose from {list(KINDS)} "
             f"or a reasoning task {sorted(reasoning.TASKS)} (research/data/reasoning.py)"
         )
     for kind in kinds:
         if reasoning.is_reasoning_kind(kind):
-            reasoning.parse_kind(kind)  # its knobs, checked
+            try:
+                reasoning.parse_kind(kind)  # its knobs, checked
+            except ValueError as e:
+                raise ValueError(f"{field}: {e}") from None
     return kinds
 
 

@@ -12,6 +12,7 @@ Methods: "none" (the trainable tree is the full parameter tree, no base), "lora"
 
 import contextlib
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -53,6 +54,10 @@ class PeftSpec:
             raise ValueError(f"peft.dropout={self.dropout} must be in [0, 1)")
         if self.alpha <= 0:
             raise ValueError(f"peft.alpha={self.alpha} must be > 0")
+        try:
+            re.compile(self.target)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"peft.target={self.target!r} is not a valid regular expression ({e})") from None
 
 
 def init_trainable(spec: PeftSpec, model: nn.Module, base_params, init_inputs: dict, rng):

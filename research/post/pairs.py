@@ -35,6 +35,8 @@ PREFERENCE_SECTION = dict(
 
 def check_preference_config(config) -> None:
     p = config.preference
+    if not p.source:
+        raise ValueError("preference.source='' names no pairs: 'sentiment' or a JSONL file of pairs")
     if p.source == "sentiment":
         for key in ("num_train_pairs", "num_eval_pairs", "prompt_words", "continuation_words"):
             if p[key] < 1:

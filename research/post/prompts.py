@@ -132,10 +132,7 @@ def prompt_set(policy, seed: int) -> PromptSet:
         return SentimentPrompts(policy.prompt_words, seed)
     if policy.prompts == "instructions":
         kinds = tuple(k.strip() for k in policy.instruction_tasks.split(",") if k.strip())
-        try:
-            return InstructionPrompts(instructions.check_kinds(kinds), seed)
-        except ValueError as e:
-            raise ValueError(f"policy.instruction_tasks: {e}") from None
+        return InstructionPrompts(instructions.check_kinds(kinds, "policy.instruction_tasks"), seed)
     raise ValueError(f"policy.prompts={policy.prompts!r}; choose one of {list(PROMPT_SETS)}")
 
 

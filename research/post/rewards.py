@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 
 import jax
@@ -70,9 +71,12 @@ def parse_rewards(spec: str, field: str = "policy.rewards") -> list[tuple[str, f
         if name not in _REWARDS:
             raise ValueError(f"{field}: unknown reward {name!r}; registered: {sorted(_REWARDS)}")
         try:
-            out.append((name, float(weight) if weight else 1.0))
+            value = float(weight) if weight else 1.0
         except ValueError:
-            raise ValueError(f"{field}: the weight of {name!r} must be a number, got {weight!r}") from None
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"{field}: the weight of {name!r} must be a finite number, got {weight!r}")
+        out.append((name, value))
     if not out:
         raise ValueError(f"{field}={spec!r} names no reward function")
     return out

@@ -191,6 +191,10 @@ class RLTask:
             raise ValueError(f"rl.clip_eps={r.clip_eps} must be > 0")
         if r.kl_coef < 0:
             raise ValueError(f"rl.kl_coef={r.kl_coef} must be >= 0")
+        if config.policy.temperature <= 0:
+            raise ValueError(
+                f"policy.temperature={config.policy.temperature} must be > 0: the RL losses divide the logits by it"
+            )
         rows = r.rollout_prompts * cls.samples_per_prompt(config)
         if rows % t.batch_size:
             raise ValueError(

@@ -263,6 +263,13 @@ class Tokenizer:
 _KINDS: dict[str, type[Tokenizer]] = {}
 
 
+def min_vocab_size(kind: str) -> int:
+    """The smallest vocab_size `train_tokenizer(kind, ...)` accepts (a corpus may need more)."""
+    if kind not in _KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {tuple(_KINDS)}")
+    return _KINDS[kind].min_vocab_size
+
+
 def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int, min_frequency: int = 2) -> Tokenizer:
     """A tokenizer of `kind` learned from texts; see each kind's class for what it learns."""
     if kind not in _KINDS:

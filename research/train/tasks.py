@@ -119,7 +119,10 @@ def validate_config(config) -> None:
     A config may carry the sections of other tasks (a sweep over train.task shares one base config); a
     section no task declares is an unknown key. Cheap: runs before anything compiles or is written.
     """
-    task = get_task(config.train.get("task", "lm"))
+    name = config.train.get("task", "lm")
+    if not isinstance(name, str):
+        raise ValueError(f"config key 'train.task' must be str, got {type(name).__name__} {name!r}")
+    task = get_task(name)
     missing = sorted(set(task.config_sections) - set(config))
     if missing:
         raise ValueError(
@@ -127,6 +130,11 @@ def validate_config(config) -> None:
             f"research.train.tasks.task_config({task.name!r}) or with_task(config, {task.name!r})"
         )
     config_lib.validate(config, sections=all_config_sections())
+    if task.decoder and config.model.position == "relative":
+        raise ValueError(
+            f"model.position='relative' (T5 bias) is for encoder and encoder-decoder models; train.task="
+            f"{task.name!r} trains a decoder LM"
+        )
     task.validate_config(config)
 
 

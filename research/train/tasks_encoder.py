@@ -80,6 +80,24 @@ class _EncoderTask(Task):
     samples_after_training = False
     decoder = False
 
+    @classmethod
+    def validate_config(cls, config) -> None:
+        """Both sections, which both tasks carry (classify.packages sizes the model of either)."""
+        m = config.mlm
+        if not 0 < m.mask_rate < 1:
+            raise ValueError(f"mlm.mask_rate={m.mask_rate} must be in (0, 1)")
+        if m.mask_token < 0 or m.random_token < 0 or m.mask_token + m.random_token > 1:
+            raise ValueError(
+                f"mlm.mask_token={m.mask_token} and mlm.random_token={m.random_token} must be >= 0 with sum <= 1"
+            )
+        stdlib_packages.parse_packages(config.classify.packages)  # names classify.packages
+        config_lib.check_range(config, "classify.heldout_percent", 0, 100, lo_open=True, hi_open=True)
+        config_lib.check_range(config, "classify.eval_examples", 1)
+
+    def __init__(self, config, tokenizer):
+        self.validate_config(config)
+        super().__init__(config, tokenizer)
+
     def build_model(self):
         return EncoderModel(encoder_model_config(self.config, self.tokenizer.vocab_size))
 
@@ -91,20 +109,6 @@ class _EncoderTask(Task):
 @register_task("mlm")
 class MLMTask(_EncoderTask):
     """Masked-LM pretraining on the packed text of config.data; see the module docstring."""
-
-    @classmethod
-    def validate_config(cls, config) -> None:
-        m = config.mlm
-        if not 0 < m.mask_rate < 1:
-            raise ValueError(f"mlm.mask_rate={m.mask_rate} must be in (0, 1)")
-        if m.mask_token < 0 or m.random_token < 0 or m.mask_token + m.random_token > 1:
-            raise ValueError(
-                f"mlm.mask_token={m.mask_token} and mlm.random_token={m.random_token} must be >= 0 with sum <= 1"
-            )
-
-    def __init__(self, config, tokenizer):
-        self.validate_config(config)
-        super().__init__(config, tokenizer)
 
     def _sums(self, params, batch, rng):
         m = self.config.mlm
@@ -149,8 +153,6 @@ class ClassifyTask(_EncoderTask):
     def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
         c = config.classify
-        if not 0 < c.heldout_percent < 100:
-            raise ValueError(f"classify.heldout_percent={c.heldout_percent} must be in (0, 100)")
         self.spec = stdlib_packages.PackageSpec(
             packages=stdlib_packages.parse_packages(c.packages),
             heldout_percent=c.heldout_percent,

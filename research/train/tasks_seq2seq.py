@@ -42,6 +42,10 @@ def seq2seq_model_config(config, tokenizer_vocab: int) -> EncoderDecoderConfig:
     )
 
 
+def _kinds(tasks: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in tasks.split(",") if k.strip())
+
+
 def _segmentation(n: int, k: int, rng) -> np.ndarray:
     """n items cut into k non-empty runs at random: their lengths."""
     cuts = np.sort(rng.choice(np.arange(1, n), k - 1, replace=False)) if k > 1 else np.array([], int)
@@ -127,6 +131,21 @@ class _Seq2SeqBase(Task):
     samples_after_training = False
     decoder = False
 
+    @classmethod
+    def validate_config(cls, config) -> None:
+        """The whole seq2seq section, which both tasks carry (each reads its own part of it)."""
+        check = config_lib.check_range
+        check(config, "seq2seq.noise_density", 0, 0.5, lo_open=True, hi_open=True)
+        check(config, "seq2seq.mean_span_length", 1)
+        counts = ("num_sentinels", "num_train_examples", "input_len", "target_len", "eval_examples", "max_new_tokens")
+        for key in counts:
+            check(config, f"seq2seq.{key}", 1)
+        instructions.check_kinds(_kinds(config.seq2seq.tasks), "seq2seq.tasks")
+
+    def __init__(self, config, tokenizer):
+        self.validate_config(config)
+        super().__init__(config, tokenizer)
+
     def build_model(self):
         return EncoderDecoder(seq2seq_model_config(self.config, self.tokenizer.vocab_size))
 
@@ -164,17 +183,28 @@ class _Seq2SeqBase(Task):
 class SpanCorruptionTask(_Seq2SeqBase):
     """T5 pretraining on the corpus rows; see the module docstring."""
 
-    def __init__(self, config, tokenizer):
+    @classmethod
+    def validate_config(cls, config) -> None:
+        super().validate_config(config)
+        _, spans = cls.noise_spans(config)
+        if spans > config.seq2seq.num_sentinels:
+            raise ValueError(
+                f"data.seq_len={config.data.seq_len} gives {spans} noise spans > "
+                f"seq2seq.num_sentinels={config.seq2seq.num_sentinels}"
+            )
+
+    @staticmethod
+    def noise_spans(config) -> tuple[int, int]:
+        """(noise tokens, noise spans) of each corrupted row."""
         s = config.seq2seq
-        if not 0 < s.noise_density < 0.5 or s.mean_span_length < 1:
-            raise ValueError(f"seq2seq.noise_density={s.noise_density} must be in (0, 0.5), mean_span_length >= 1")
-        n = config.data.seq_len
-        self.num_noise = max(int(round(n * s.noise_density)), 1)
-        spans = max(int(round(self.num_noise / s.mean_span_length)), 1)
-        if spans > s.num_sentinels:
-            raise ValueError(f"data.seq_len={n} gives {spans} noise spans > seq2seq.num_sentinels={s.num_sentinels}")
-        self.input_len, self.target_len = n - self.num_noise + spans, self.num_noise + spans + 1
+        num_noise = max(int(round(config.data.seq_len * s.noise_density)), 1)
+        return num_noise, max(int(round(num_noise / s.mean_span_length)), 1)
+
+    def __init__(self, config, tokenizer):
         super().__init__(config, tokenizer)
+        self.num_noise, spans = self.noise_spans(config)
+        n = config.data.seq_len
+        self.input_len, self.target_len = n - self.num_noise + spans, self.num_noise + spans + 1
 
     def corrupt(self, batch: dict) -> dict:
         s, pairs = self.config.seq2seq, []
@@ -208,11 +238,8 @@ class Seq2SeqTask(_Seq2SeqBase):
     """Generated input -> answer pairs (research.data.instructions); see the module docstring."""
 
     def __init__(self, config, tokenizer):
-        s = config.seq2seq
-        self.kinds = instructions.check_kinds(tuple(k.strip() for k in s.tasks.split(",") if k.strip()))
-        if s.num_train_examples < 1 or s.eval_examples < 1 or s.max_new_tokens < 1:
-            raise ValueError("seq2seq.num_train_examples, eval_examples and max_new_tokens must be positive")
         super().__init__(config, tokenizer)
+        self.kinds = _kinds(config.seq2seq.tasks)
 
     def _pair(self, example):
         tok = self.tokenizer
