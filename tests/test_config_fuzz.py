@@ -620,7 +620,7 @@ def _one_train_step(config, task, batch):
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
-@settings(max_examples=4, deadline=None, phases=NO_SHRINK, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, phases=NO_SHRINK, suppress_health_check=[HealthCheck.too_slow])
 @given(config=small_configs())
 def test_small_valid_configs_pass_validation_and_train_a_step(config):
     tasks_lib.validate_config(config)
