@@ -8,14 +8,12 @@ several processes (multi-host), see research/launch.py.
 """
 
 import json
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from research.launch import maybe_initialize_distributed
-from research.train.faults import NonFiniteError, Preempted
+from research.launch import clean_exit, maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file: path.py[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard, tokenizer.")
@@ -30,17 +28,8 @@ def main(argv):
     from research.train.loop import train  # after distributed init: the loop queries devices
 
     config = _CONFIG.value
-    try:
+    with clean_exit():
         last = train(config, _WORKDIR.value)
-    except ValueError as e:  # config / workdir problems: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except Preempted as e:  # the checkpoint is saved: exit as a signal would, so schedulers requeue
-        print(f"stopped: {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
     if jax.process_index() == 0:
         print(json.dumps({"final": last}))
     from research.train.tasks import get_task

@@ -11,13 +11,11 @@ key. Multi-host: the same flags as research.main (research/launch.py), on every
 host.
 """
 
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from research.launch import config_overrides, maybe_initialize_distributed
-from research.train.faults import NonFiniteError, Preempted
+from research.launch import clean_exit, config_overrides, maybe_initialize_distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file: path.py[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "One sub-directory per run, plus the analysis.")
@@ -31,18 +29,9 @@ def main(argv):
     maybe_initialize_distributed()
     from research.experiment import load_experiment, run_experiment  # after distributed init
 
-    try:
+    with clean_exit():
         experiment, arg = load_experiment(flags.FLAGS["config"].config_filename)
         run_experiment(experiment, arg, _WORKDIR.value, config_overrides(), only=_ONLY.value)
-    except ValueError as e:  # config / workdir problems: one clear line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except Preempted as e:  # the checkpoint is saved: exit as a signal would, so schedulers requeue
-        print(f"stopped: {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":
