@@ -11,7 +11,6 @@ key. Multi-host: the same flags as research.main (research/launch.py), on every
 host.
 """
 
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
