@@ -45,10 +45,12 @@ def _build_model(*, layers, d_model, heads, vocab, n_positions):
     return torch, GPT2LMHeadModel(config).to(torch.float32)
 
 
-def hf_train_tokens_per_sec(
-    *, layers: int, d_model: int, heads: int, vocab: int, seq: int, batch: int, steps: int = 10, warmup: int = 2
-) -> float:
-    """Tokens/s of full AdamW training steps (forward, loss, backward, update) on random tokens."""
+def hf_train_runner(*, layers: int, d_model: int, heads: int, vocab: int, seq: int, batch: int, warmup: int = 2):
+    """`run(steps) -> seconds` of that many full AdamW training steps (forward, loss, backward, update).
+
+    Random tokens; built and warmed up (`warmup` steps allocate optimizer state and warm allocators)
+    before it is returned, so a caller can interleave its calls with another implementation's.
+    """
     torch, model = _build_model(layers=layers, d_model=d_model, heads=heads, vocab=vocab, n_positions=seq)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -61,12 +63,24 @@ def hf_train_tokens_per_sec(
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):  # first steps allocate optimizer state and warm allocators
+    for _ in range(warmup):
         step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * seq * steps / (time.perf_counter() - t0)
+
+    def run(steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return time.perf_counter() - t0
+
+    return run
+
+
+def hf_train_tokens_per_sec(
+    *, layers: int, d_model: int, heads: int, vocab: int, seq: int, batch: int, steps: int = 10, warmup: int = 2
+) -> float:
+    """Tokens/s of full AdamW training steps (forward, loss, backward, update) on random tokens."""
+    run = hf_train_runner(layers=layers, d_model=d_model, heads=heads, vocab=vocab, seq=seq, batch=batch, warmup=warmup)
+    return batch * seq * steps / run(steps)
 
 
 def hf_generate_tokens_per_sec(

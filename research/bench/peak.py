@@ -27,6 +27,23 @@ def measure_matmul_peak_flops(dtype: str = "float32", n: int = 2048, repeats: in
     return 2 * n**3 / best
 
 
+def measure_read_bandwidth(mbytes: int = 64, repeats: int = 10) -> float:
+    """Achievable bytes/s reading memory on the default device: a jitted sum over `mbytes` MB of float32.
+
+    A decode step at batch 1 reads every weight once, so weights / this is its floor. Best of
+    `repeats`, as in `measure_matmul_peak_flops`; the buffer is larger than the CPU's caches.
+    """
+    x = jnp.ones((mbytes * 2**20 // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        total(x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return x.size * 4 / best
+
+
 def transformer_train_flops_per_token(num_layers: int, d_model: int, vocab: int, seq_len: int) -> float:
     """Training FLOPs per token: 6*(12*L*d^2 + V*d) + 12*L*d*seq.
 
