@@ -8,7 +8,9 @@ Task kinds (every example has one exact answer):
   code         "Complete: for key, value" -> " in items:"   (a line of this interpreter's
                standard library, cut at a word boundary; its true end is the answer)
 and research.data.reasoning's kind strings ("chase:hops=6:think=0.2"): problems with a
-trace and a verifier, answered in the `<think>` format.
+trace and a verifier, answered in the `<think>` format; and kinds other modules register
+(`register_kind`, e.g. the applications' retrieval, judge and agent data), named
+"name:knob=value:...", whose responses may keep parts out of the loss (`Example.segments`).
 
 Examples are generated from (seed, split, index) alone, so every process and
 every resumed run sees the same ones. An example belongs to the eval split iff
@@ -55,6 +57,44 @@ class Example:
     kind: str
     prompt: str
     response: str
+    # ((text, trained), ...) whose texts join to `response`: the parts with trained=False (e.g. a
+    # tool's output inside an agent trajectory) are given to the model but left out of the loss.
+    # None: the whole response is trained.
+    segments: tuple | None = None
+
+    def __post_init__(self):
+        if self.segments is not None and "".join(t for t, _ in self.segments) != self.response:
+            raise ValueError(f"Example.segments of a {self.kind!r} example do not join to its response")
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredKind:
+    """A kind another module defines: `make(kind, rng) -> Example`; `check(kind)` raises ValueError on bad
+    knobs; `verify(example, output) -> bool` replaces the exact match of the response (None: exact match)."""
+
+    make: object
+    check: object = None
+    verify: object = None
+
+
+_REGISTERED: dict[str, RegisteredKind] = {}
+# Modules that register kinds, imported on first lookup (they import this module: no import cycle).
+_KIND_MODULES = ()
+
+
+def register_kind(name: str, make, *, check=None, verify=None) -> None:
+    """Makes "name" and "name:knob=value:..." valid kinds of sft.tasks (see RegisteredKind)."""
+    if name in KINDS or name in reasoning.TASKS or name in _REGISTERED:
+        raise ValueError(f"instruction kind {name!r} is already defined")
+    _REGISTERED[name] = RegisteredKind(make, check, verify)
+
+
+def _registered(kind: str) -> RegisteredKind | None:
+    import importlib
+
+    for module in _KIND_MODULES:
+        importlib.import_module(module)
+    return _REGISTERED.get(kind.split(":", 1)[0])
 
 
 def split_of(prompt: str) -> str:
@@ -103,6 +143,8 @@ def _candidate(kind: str, rng) -> Example:
         return Example(kind, f"Complete: {line[:cut]}", line[cut:])
     if reasoning.is_reasoning_kind(kind):
         return Example(kind, *reasoning.candidate(kind, rng))
+    if (registered := _registered(kind)) is not None:
+        return registered.make(kind, rng)
     raise ValueError(f"unknown instruction task kind {kind!r}; choose from {KINDS}")
 
 
@@ -112,18 +154,21 @@ def check_kinds(kinds, field: str = "sft.tasks") -> tuple[str, ...]:
     field: the config key they come from, named by the error.
     """
     kinds = tuple(kinds)
-    bad = [k for k in kinds if k not in KINDS and not reasoning.is_reasoning_kind(k)]
+    bad = [k for k in kinds if k not in KINDS and not reasoning.is_reasoning_kind(k) and _registered(k) is None]
     if not kinds or bad:
         raise ValueError(
-            f"{field}={','.join(kinds)!r} holds unknown kinds {bad}; choose from {list(KINDS)} "
-            f"or a reasoning task {sorted(reasoning.TASKS)} (research/data/reasoning.py)"
+            f"{field}={','.join(kinds)!r} holds unknown kinds {bad}; choose from {list(KINDS)}, "
+            f"a reasoning task {sorted(reasoning.TASKS)} (research/data/reasoning.py) "
+            f"or a registered kind {sorted(_REGISTERED)}"
         )
     for kind in kinds:
-        if reasoning.is_reasoning_kind(kind):
-            try:
+        try:
+            if reasoning.is_reasoning_kind(kind):
                 reasoning.parse_kind(kind)  # its knobs, checked
-            except ValueError as e:
-                raise ValueError(f"{field}: {e}") from None
+            elif (registered := _registered(kind)) is not None and registered.check is not None:
+                registered.check(kind)
+        except ValueError as e:
+            raise ValueError(f"{field}: {e}") from None
     return kinds
 
 
@@ -151,6 +196,8 @@ def exact_match(example: Example, output: str) -> bool:
     reasoning kind, the answer inside a well-formed `<think>` response is right (research.data.reasoning)."""
     if reasoning.is_reasoning_kind(example.kind):
         return reasoning.is_correct(example.kind, example.prompt, example.response, output)
+    if (registered := _registered(example.kind)) is not None and registered.verify is not None:
+        return registered.verify(example, output)
     return output.rstrip() == example.response.rstrip()
 
 
@@ -164,11 +211,17 @@ def prompt_tokens(tokenizer, prompt: str) -> np.ndarray:
 
 
 def render(tokenizer, example: Example) -> dict:
-    """{"tokens": [BOS] prompt [SEP] response [EOS], "loss_mask": 1 on response + [EOS]} as int32 arrays."""
+    """{"tokens": [BOS] prompt [SEP] response [EOS], "loss_mask": 1 on response + [EOS]} as int32 arrays.
+
+    With `example.segments`, each segment is encoded on its own and the untrained ones get loss_mask 0.
+    """
     head = prompt_tokens(tokenizer, example.prompt)
-    tail = np.concatenate([tokenizer.encode(example.response), [tokenizer.eos_id]]).astype(np.int32)
-    tokens = np.concatenate([head, tail])
-    loss_mask = np.concatenate([np.zeros(len(head), np.int32), np.ones(len(tail), np.int32)])
+    parts = [(head, 0)]
+    for text, trained in example.segments or ((example.response, True),):
+        parts.append((np.asarray(tokenizer.encode(text), np.int32), int(trained)))
+    parts.append((np.asarray([tokenizer.eos_id], np.int32), 1))
+    tokens = np.concatenate([ids for ids, _ in parts]).astype(np.int32)
+    loss_mask = np.concatenate([np.full(len(ids), m, np.int32) for ids, m in parts])
     return {"tokens": tokens, "loss_mask": loss_mask}
 
 

@@ -325,33 +325,47 @@ def is_reasoning_kind(kind: str) -> bool:
     return kind.split(":", 1)[0] in TASKS
 
 
-@functools.lru_cache(maxsize=256)
-def parse_kind(kind: str) -> Kind:
-    """'chase:hops=6:think=0.2' -> Kind; unknown tasks or knobs and out-of-range values are errors naming them."""
+def parse_knobs(kind: str, knobs: dict, *, other: tuple = ()) -> tuple[dict, dict]:
+    """'name:a=3:b=1' -> ({knob: int}, {other key: raw string}), every integer knob at its default unless given.
+
+    knobs: {key: (default, low, high)}; `other` keys are returned raw for the caller to check. Unknown
+    keys, a part without '=' and out-of-range values are errors naming the kind and the knob.
+    """
     name, *parts = kind.split(":")
-    if name not in TASKS:
-        raise ValueError(f"{kind!r}: unknown reasoning task {name!r}; choose one of {sorted(TASKS)}")
-    task = TASKS[name]
-    values = {k: default for k, (default, _, _) in task.knobs.items()}
-    think = 1.0
+    values = {k: default for k, (default, _, _) in knobs.items()}
+    rest = {}
     for part in parts:
         key, eq, raw = part.partition("=")
         if not eq:
             raise ValueError(f"{kind!r}: {part!r} must be knob=value")
-        if key == "think":
-            try:
-                think = float(raw)
-            except ValueError:
-                raise ValueError(f"{kind!r}: think={raw!r} must be a fraction in [0, 1]") from None
-            if not 0 <= think <= 1:
-                raise ValueError(f"{kind!r}: think={raw!r} must be a fraction in [0, 1]")
+        if key in other:
+            rest[key] = raw
             continue
-        if key not in task.knobs:
-            raise ValueError(f"{kind!r}: {name} has no knob {key!r}; its knobs: {sorted(task.knobs)} and think")
-        _, low, high = task.knobs[key]
+        if key not in knobs:
+            also = f" and {', '.join(other)}" if other else ""
+            raise ValueError(f"{kind!r}: {name} has no knob {key!r}; its knobs: {sorted(knobs)}{also}")
+        _, low, high = knobs[key]
         if not re.fullmatch(r"\d+", raw) or not low <= int(raw) <= high:
             raise ValueError(f"{kind!r}: {key}={raw!r} must be an integer in [{low}, {high}]")
         values[key] = int(raw)
+    return values, rest
+
+
+@functools.lru_cache(maxsize=256)
+def parse_kind(kind: str) -> Kind:
+    """'chase:hops=6:think=0.2' -> Kind; unknown tasks or knobs and out-of-range values are errors naming them."""
+    name = kind.split(":", 1)[0]
+    if name not in TASKS:
+        raise ValueError(f"{kind!r}: unknown reasoning task {name!r}; choose one of {sorted(TASKS)}")
+    values, rest = parse_knobs(kind, TASKS[name].knobs, other=("think",))
+    think = 1.0
+    if "think" in rest:
+        try:
+            think = float(rest["think"])
+        except ValueError:
+            think = -1.0
+        if not 0 <= think <= 1:
+            raise ValueError(f"{kind!r}: think={rest['think']!r} must be a fraction in [0, 1]")
     return Kind(name, tuple(sorted(values.items())), think)
 
 

@@ -54,6 +54,45 @@ def test_template_masks_the_prompt():
     assert TOK.decode(r["tokens"][r["loss_mask"] == 1], skip_special=False) == "cba[EOS]"
 
 
+def test_segments_keep_untrained_parts_out_of_the_loss():
+    example = ins.Example(
+        "t", "Q", "Act[x]\nObs: 42\nDone", segments=(("Act[x]\n", True), ("Obs: 42\n", False), ("Done", True))
+    )
+    r = ins.render(TOK, example)
+    assert TOK.decode(r["tokens"][r["loss_mask"] == 1], skip_special=False) == "Act[x]\nDone[EOS]"
+    assert TOK.decode(r["tokens"], skip_special=False) == "[BOS]Q[SEP]Act[x]\nObs: 42\nDone[EOS]"
+    with pytest.raises(ValueError, match="do not join to its response"):
+        ins.Example("t", "Q", "Done", segments=(("Dome", True),))
+
+
+@pytest.fixture
+def echo_kind():
+    """A registered kind "echo:n=K": repeat a word K times; verified case-insensitively."""
+
+    def make(kind, rng):
+        (n,) = ins.reasoning.parse_knobs(kind, {"n": (2, 1, 5)})[0].values()
+        word = ins._word(rng)
+        return ins.Example(kind, f"Echo {n}: {word}", " ".join([word] * n))
+
+    def check(kind):
+        ins.reasoning.parse_knobs(kind, {"n": (2, 1, 5)})
+
+    ins.register_kind("echo", make, check=check, verify=lambda e, out: out.strip().lower() == e.response)
+    yield
+    del ins._REGISTERED["echo"]
+
+
+def test_registered_kinds(echo_kind):
+    e = ins.make_example(0, split="train", seed=0, kinds=("echo:n=3",))
+    assert e.kind == "echo:n=3" and len(e.response.split()) == 3
+    assert ins.exact_match(e, e.response.upper())  # the kind's own verifier
+    assert ins.check_kinds(["echo", "sort"]) == ("echo", "sort")
+    with pytest.raises(ValueError, match=r"sft.tasks: 'echo:n=9': n='9' must be an integer in \[1, 5\]"):
+        ins.check_kinds(["echo:n=9"])
+    with pytest.raises(ValueError, match="already defined"):
+        ins.register_kind("sort", lambda kind, rng: None)
+
+
 def _spec(**kw):
     args = dict(
         kinds=("arithmetic", "reverse", "sort"), num_train_examples=500, seq_len=64, global_batch_size=4, num_shards=1
