@@ -11,9 +11,9 @@ A trajectory is plain text the model writes and the loop completes:
     Observation: 42
     Action: finish[42]
 
-The model writes Thought/Action lines; the loop stops it at "Observation:",
-runs the tool and writes the observation itself, so tool output is never the
-model's and `training_segments` keeps it out of an SFT loss. `run_agent` takes
+The model writes Thought/Action lines and the "Observation:" cue; the loop stops
+it there, runs the tool and writes the observation itself, so tool output is
+never the model's and `training_segments` keeps it out of an SFT loss. `run_agent` takes
 any `generate(text) -> continuation` (`model_generator` makes one from a
 decoder), so the loop, the tools and the metrics are the same for every model.
 
@@ -121,35 +121,63 @@ def parse_step(text: str) -> Step:
 
 def run_agent(generate: Callable[[str], str], tools: Tools, question: str, *, max_steps: int = 6) -> Trajectory:
     """The ReAct loop: at most `max_steps` model calls; see the module docstring."""
+    return run_agents(lambda texts: [generate(t) for t in texts], tools, [question], max_steps=max_steps)[0]
+
+
+def run_agents(
+    generate_batch: Callable[[list[str]], list[str]], tools: Tools, questions: list[str], *, max_steps: int = 6
+) -> list[Trajectory]:
+    """`run_agent` over many questions at once: each round is one `generate_batch` call on the
+    trajectories still running (a decoder samples them as one batch), in the order of `questions`."""
     if max_steps < 1:
         raise ValueError(f"max_steps={max_steps} must be >= 1")
-    text, steps = f"Question: {question}\n", []
+    texts = [f"Question: {q}\n" for q in questions]
+    steps: list[list[Step]] = [[] for _ in questions]
+    done: list[Trajectory | None] = [None] * len(questions)
     for _ in range(max_steps):
-        continuation = generate(text)
-        step = parse_step(continuation)
-        steps.append(step)
-        if step.tool is None:
-            return Trajectory(question, steps, None, "malformed", text + continuation)
-        written = (f"Thought: {step.thought}\n" if step.thought else "") + f"Action: {step.tool}[{step.arg}]\n"
-        text += written
-        if step.tool == FINISH:
-            step.ok = True
-            return Trajectory(question, steps, step.arg, FINISH, text)
-        step.observation, step.ok = tools.call(step.tool, step.arg)
-        text += f"Observation: {step.observation}\n"
-    return Trajectory(question, steps, None, "step_limit", text)
+        live = [i for i, d in enumerate(done) if d is None]
+        if not live:
+            break
+        continuations = generate_batch([texts[i] for i in live])
+        if len(continuations) != len(live):
+            raise ValueError(f"generate_batch returned {len(continuations)} continuations for {len(live)} texts")
+        for i, continuation in zip(live, continuations, strict=True):
+            step = parse_step(continuation)
+            steps[i].append(step)
+            if step.tool is None:
+                done[i] = Trajectory(questions[i], steps[i], None, "malformed", texts[i] + continuation)
+                continue
+            texts[i] += (f"Thought: {step.thought}\n" if step.thought else "") + f"Action: {step.tool}[{step.arg}]\n"
+            if step.tool == FINISH:
+                step.ok = True
+                done[i] = Trajectory(questions[i], steps[i], step.arg, FINISH, texts[i])
+                continue
+            step.observation, step.ok = tools.call(step.tool, step.arg)
+            texts[i] += f"Observation: {step.observation}\n"
+    return [
+        d or Trajectory(q, s, None, "step_limit", t) for d, q, s, t in zip(done, questions, steps, texts, strict=True)
+    ]
 
 
 def training_segments(trajectory_text: str) -> list[tuple[str, bool]]:
-    """(piece, trained) in order: observation lines are the tools', so they are not trained on;
-    the question is the prompt. Concatenating the pieces gives the text back."""
-    out = []
-    for line in trajectory_text.splitlines(keepends=True):
-        trained = not (line.startswith("Observation:") or line.startswith("Question:"))
+    """(piece, trained) in order. The question line is the prompt and an observation's text (after
+    "Observation:") is the tool's, so neither is trained on; the "Observation:" cue itself is trained,
+    since writing it is how the model hands over to the tool (the loop stops generation there).
+    Concatenating the pieces gives the text back."""
+    out: list[tuple[str, bool]] = []
+
+    def add(piece: str, trained: bool) -> None:
         if out and out[-1][1] == trained:
-            out[-1] = (out[-1][0] + line, trained)
+            out[-1] = (out[-1][0] + piece, trained)
+        elif piece:
+            out.append((piece, trained))
+
+    for line in trajectory_text.splitlines(keepends=True):
+        if line.startswith("Observation:"):
+            add("Observation:", True)
+            add(line[len("Observation:") :], False)
         else:
-            out.append((line, trained))
+            add(line, not line.startswith("Question:"))
     return out
 
 
@@ -165,6 +193,37 @@ def model_generator(model, params, tokenizer, *, max_new_tokens: int = 48) -> Ca
         return out.texts(tokenizer, stop_strings=("Observation:",))[0]
 
     return generate
+
+
+def chat_generator(model, params, tokenizer, *, max_new_tokens: int = 128) -> Callable[[list[str]], list[str]]:
+    """generate_batch(texts) for a decoder SFT-trained on the chat template of research.data.instructions: a
+    trajectory's first line (the question) is the prompt, fed as [BOS] prompt [SEP], and the rest is the
+    response so far. Greedy, stopped at "Observation:" or [EOS], at most `max_new_tokens` or what the
+    context has left (none left: an empty continuation, which the loop counts as malformed). The rows
+    are padded to a power of two, so a run compiles once per (rows, prompt bucket) however many
+    trajectories are still running."""
+    from research.data.instructions import prompt_tokens
+    from research.decode import SamplingConfig, sample
+
+    stop = tuple(int(t) for t in tokenizer.encode("Observation:"))
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop_tokens=(tokenizer.eos_id,),
+                            stop_sequences=(stop,))  # fmt: skip
+
+    def generate_batch(texts: list[str]) -> list[str]:
+        rows = []
+        for text in texts:
+            prompt, _, response = text.partition("\n")
+            rows.append(prompt_tokens(tokenizer, prompt).tolist() + [int(t) for t in tokenizer.encode(response)])
+        room = model.config.max_len - max(len(r) for r in rows)
+        if room < 1:  # a trajectory that fills the context gets an empty step: "malformed", not an error
+            return [""] * len(rows)
+        padded = rows + [rows[0]] * ((1 << max(len(rows) - 1, 0).bit_length()) - len(rows))
+        step_config = config if room >= max_new_tokens else dataclasses.replace(config, max_new_tokens=room)
+        out = sample(model, params, padded, step_config)
+        texts_out = out.texts(tokenizer, stop_strings=("Observation:",), skip_ids=(tokenizer.eos_id,))
+        return texts_out[: len(rows)]
+
+    return generate_batch
 
 
 # --- metrics ---------------------------------------------------------------------------------------------

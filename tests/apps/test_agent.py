@@ -11,6 +11,7 @@ from research.apps.agent import (
     lookup_tool,
     model_generator,
     run_agent,
+    run_agents,
     search_tool,
     training_segments,
     trajectory_metrics,
@@ -53,9 +54,8 @@ def test_the_loop_runs_tools_and_writes_observations_itself():
     }  # fmt: skip
     segments = training_segments(traj.text)
     assert "".join(t for t, _ in segments) == traj.text
-    assert [t for t, trained in segments if not trained] == [
-        "Question: price of item7 times 3?\n", "Observation: 14\n", "Observation: 42\n",
-    ]  # fmt: skip
+    assert [t for t, trained in segments if not trained] == ["Question: price of item7 times 3?\n", " 14\n", " 42\n"]
+    assert segments[1] == ("Thought: I need the price.\nAction: lookup[price of item7]\nObservation:", True)
 
 
 def test_the_agent_stops_at_its_step_limit_and_loops_are_counted():
@@ -104,3 +104,42 @@ def test_a_decoder_runs_the_loop_to_a_defined_outcome():
     params = nn.unbox(init_params(model, jax.random.key(0)))
     traj = run_agent(model_generator(model, params, tokenizer, max_new_tokens=8), TOOLS, "1+1?", max_steps=1)
     assert traj.stopped in ("finish", "step_limit", "malformed") and len(traj.steps) == 1
+
+
+def test_expressions_that_would_hang_or_escape_are_refused_as_wasted_calls():
+    model = scripted(
+        "Action: calculator[" + "(" * 40 + "1" + ")" * 40 + "]\n",  # nesting: refused, no RecursionError
+        "Action: calculator[" + "+".join(["1"] * 5000) + "]\n",  # too long to parse
+        "Action: calculator[(2 ** 64) ** (2 ** 64)]\n",  # a power whose size is known to be huge
+        "Action: calculator[().__class__]\n",  # attribute access
+        "Action: calculator[1 / 0]\n",
+        "Action: lookup[]\n",  # malformed argument for the lookup
+        "Action: calculator[1 + 1\n",  # unbalanced bracket: no action parses
+    )
+    traj = run_agent(model, TOOLS, "q", max_steps=8)
+    assert traj.stopped == "malformed" and len(traj.steps) == 7
+    assert all(s.observation.startswith("error: ") and not s.ok for s in traj.steps[:6])
+    assert "deeper" in traj.steps[0].observation and "characters long" in traj.steps[1].observation
+    assert trajectory_metrics([traj], ["2"])["wasted_calls"] == 6.0
+
+
+def test_run_agents_batches_rounds_and_matches_one_at_a_time():
+    scripts = {
+        "a": ["Action: lookup[price of item7]\n", "Action: finish[14]\n"],
+        "b": ["Action: finish[0]\n"],
+        "c": ["Action: calculator[2 * 3]\n", "Action: calculator[2 * 3]\n", "Action: calculator[6]\n"],
+    }
+    rounds = []
+
+    def generate_batch(texts):
+        rounds.append(len(texts))
+        return [scripts[t.split("\n")[0].removeprefix("Question: ")][t.count("Action:")] for t in texts]
+
+    batched = run_agents(generate_batch, TOOLS, ["a", "b", "c"], max_steps=3)
+    assert rounds == [3, 2, 1]  # finished trajectories leave the batch
+    for q, traj in zip("abc", batched, strict=True):
+        alone = run_agent(scripted(*scripts[q]), TOOLS, q, max_steps=3)
+        assert traj == alone
+    assert [t.stopped for t in batched] == ["finish", "finish", "step_limit"]
+    with pytest.raises(ValueError, match="returned 1 continuations for 3 texts"):
+        run_agents(lambda texts: ["Action: finish[1]\n"], TOOLS, ["a", "b", "c"])
