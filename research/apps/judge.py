@@ -25,6 +25,7 @@ another base model.
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -40,12 +41,12 @@ POINTWISE_TEMPLATE = (
 DEFAULT_CRITERIA = "correct and concise"
 
 
-def choice_ids(tokenizer, choices, *, field: str = "choices") -> list[int]:
-    """The one token id of each choice (as it follows the prompt, after a space); ValueError naming
-    `field` when a choice is not one token."""
+def choice_ids(tokenizer, choices, *, field: str = "choices", space: bool = True) -> list[int]:
+    """The one token id of each choice (as it follows the prompt: after a space, or with space=False at
+    the start of a response); ValueError naming `field` when a choice is not one token."""
     ids = []
     for c in choices:
-        encoded = list(tokenizer.encode(" " + c))
+        encoded = list(tokenizer.encode(" " + c if space else c))
         if len(encoded) > 1 and tokenizer.decode(encoded[:1]) == " ":  # the space is a token of its own
             encoded = encoded[1:]
         if len(encoded) != 1:
@@ -96,24 +97,41 @@ class Judge:
     model: DecoderLM-like (config.max_len, apply(tokens, positions=, segment_ids=) -> logits).
     """
 
-    def __init__(self, model, params, tokenizer, *, criteria: str = DEFAULT_CRITERIA, batch_size: int = 64):
+    def __init__(self, model, params, tokenizer, *, criteria: str = DEFAULT_CRITERIA, batch_size: int = 64,
+                 chat: bool = False, template: str = PAIRWISE_TEMPLATE):  # fmt: skip
         self.model, self.params, self.tokenizer = model, params, tokenizer
-        self.criteria, self.batch_size = criteria, batch_size
-        self.pair_ids = choice_ids(tokenizer, ("A", "B"))
+        self.criteria, self.batch_size, self.chat, self.template = criteria, batch_size, chat, template
+        # chat: the verdict is the first token of the response, not a word after "Better answer:".
+        self.pair_ids = choice_ids(tokenizer, ("A", "B"), space=not chat)
+
+    @classmethod
+    def from_run(cls, run, **kwargs) -> Judge:
+        """A judge of a loaded run (research.train.runs.load_run); an instruction-tuned (sft) run is asked
+        in its chat template, [BOS] prompt [SEP], as it was trained."""
+        model, params = run.for_decoding()
+        kwargs.setdefault("chat", run.config.train.task == "sft")
+        return cls(model, params, run.tokenizer, **kwargs)
 
     def _encode(self, text: str) -> list[int]:
+        if self.chat:
+            from research.data.instructions import prompt_tokens
+
+            return [int(t) for t in prompt_tokens(self.tokenizer, text)]
         return [int(t) for t in self.tokenizer.encode(text)]  # as research.sample and the post tasks encode
 
     def _choice_probabilities(self, prompts: list[str], ids: list[int]) -> np.ndarray:
         out = []
         for i in range(0, len(prompts), self.batch_size):
             encoded = [self._encode(p) for p in prompts[i : i + self.batch_size]]
-            out.append(renormalised(next_token_logprobs(self.model, self.params, encoded), ids))
+            rows = len(encoded)
+            # Every batch padded to batch_size rows (repeating a prompt): one compile per length bucket.
+            encoded += encoded[:1] * (self.batch_size - rows)
+            out.append(renormalised(next_token_logprobs(self.model, self.params, encoded), ids)[:rows])
         return np.concatenate(out) if out else np.zeros((0, len(ids)))
 
     def pairwise_prompts(self, questions, first, second) -> list[str]:
         _same_length(questions=questions, first=first, second=second)
-        return [PAIRWISE_TEMPLATE.format(criteria=self.criteria, question=q, first=a, second=b)
+        return [self.template.format(criteria=self.criteria, question=q, first=a, second=b)
                 for q, a, b in zip(questions, first, second, strict=True)]  # fmt: skip
 
     def pairwise(self, questions, first, second) -> np.ndarray:
@@ -125,19 +143,57 @@ class Judge:
         if not 2 <= scale <= 9:
             raise ValueError(f"scale={scale} must be in [2, 9] (one token per score)")
         _same_length(questions=questions, answers=answers)
-        ids = choice_ids(self.tokenizer, [str(s) for s in range(1, scale + 1)], field="scale")
+        ids = choice_ids(self.tokenizer, [str(s) for s in range(1, scale + 1)], field="scale", space=not self.chat)
         prompts = [POINTWISE_TEMPLATE.format(scale=scale, criteria=self.criteria, question=q, answer=a)
                    for q, a in zip(questions, answers, strict=True)]  # fmt: skip
         return self._choice_probabilities(prompts, ids) @ np.arange(1, scale + 1)
 
     def justify(self, prompts: list[str], verdicts: list[str], *, max_new_tokens: int = 32, seed: int = 0) -> list[str]:
-        """A short justification sampled greedily after each prompt and its verdict ("A"/"B"/a score)."""
+        """A short justification sampled greedily after each prompt and its verdict ("A"/"B"/a score):
+        the first line after "Because"."""
         from research.decode import SamplingConfig, sample
 
-        encoded = [self._encode(f"{p} {v}\nBecause") for p, v in zip(prompts, verdicts, strict=True)]
-        config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+        if self.chat:  # the response starts with the verdict
+            encoded = [
+                self._encode(p) + self._encode_plain(f"{v}\nBecause") for p, v in zip(prompts, verdicts, strict=True)
+            ]
+        else:
+            encoded = [self._encode(f"{p} {v}\nBecause") for p, v in zip(prompts, verdicts, strict=True)]
+        stop = (self.tokenizer.eos_id,) if self.chat else ()
+        config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop_tokens=stop)
         out = sample(self.model, self.params, encoded, config, jax.random.key(seed))
-        return [t.split("\n")[0].strip() for t in out.texts(self.tokenizer)]
+        return [t.split("\n")[0].strip() for t in out.texts(self.tokenizer, skip_ids=stop)]
+
+    def _encode_plain(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text)]
+
+    def generated_verdicts(self, prompts: list[str], *, max_new_tokens: int = 4) -> list[str | None]:
+        """The verdict as text: greedy tokens after each prompt, parsed (`parse_verdict`); None where the
+        model wrote no verdict, which the metrics count as a failure (see `text_preference`)."""
+        from research.decode import SamplingConfig, sample
+
+        stop = (self.tokenizer.eos_id,) if self.chat else ()
+        config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop_tokens=stop)
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            encoded = [self._encode(p) for p in prompts[i : i + self.batch_size]]
+            texts = sample(self.model, self.params, encoded, config, jax.random.key(0)).texts(self.tokenizer)
+            out.extend(parse_verdict(t) for t in texts)
+        return out
+
+
+def parse_verdict(text: str, choices=("A", "B")) -> str | None:
+    """The choice a generated verdict names: its first word, bare ("A", "B.", "A\nBecause ...") or as
+    "Answer A"; None when there is no such word (a failure, never an exception)."""
+    words = re.findall(r"[A-Za-z0-9]+", text[:64])
+    if words[:1] == ["Answer"]:
+        words = words[1:]
+    return words[0] if words and words[0] in choices else None
+
+
+def text_preference(verdicts) -> np.ndarray:
+    """Generated verdicts ("A"/"B"/None) as P(first better): 1, 0, or NaN for no verdict."""
+    return np.array([1.0 if v == "A" else 0.0 if v == "B" else np.nan for v in verdicts])
 
 
 def _same_length(**arrays) -> None:
@@ -151,17 +207,26 @@ def _same_length(**arrays) -> None:
 
 def swap_average(p_ab, p_ba) -> np.ndarray:
     """P(A better) averaged over both orders: p_ab = P(first) with A first, p_ba = P(first) with B first.
-    A judge that always prefers one position gets exactly 0.5."""
-    return (np.asarray(p_ab) + 1.0 - np.asarray(p_ba)) / 2.0
+    A judge that always prefers one position gets exactly 0.5. NaN (no verdict) in either order stays NaN."""
+    return (np.asarray(p_ab, np.float64) + 1.0 - np.asarray(p_ba, np.float64)) / 2.0
+
+
+def failure_rate(p) -> float:
+    """Fraction of verdicts that are missing (NaN: a judge output with no parseable verdict)."""
+    return float(np.mean(np.isnan(np.asarray(p, np.float64))))
 
 
 def position_consistency(p_ab, p_ba) -> float:
-    """Fraction of pairs whose winner is the same answer in both orders."""
-    return float(np.mean((np.asarray(p_ab) > 0.5) == (np.asarray(p_ba) < 0.5)))
+    """Fraction of pairs whose winner is the same answer in both orders (a missing verdict: inconsistent)."""
+    p_ab, p_ba = np.asarray(p_ab), np.asarray(p_ba)
+    a_wins_both = (p_ab > 0.5) & (p_ba < 0.5)
+    b_wins_both = (p_ab < 0.5) & (p_ba > 0.5)
+    return float(np.mean(a_wins_both | b_wins_both))
 
 
 def first_position_win_rate(p_ab, p_ba) -> float:
-    """How often the first-shown answer wins, over both orders (0.5: no position bias on average)."""
+    """How often the first-shown answer wins, over both orders (0.5: no position bias on average; a missing
+    verdict is no win)."""
     return float(np.mean(np.concatenate([np.asarray(p_ab), np.asarray(p_ba)]) > 0.5))
 
 
@@ -172,6 +237,17 @@ def length_penalized(p_first, len_first, len_second, *, per_token: float) -> np.
     return 1.0 / (1.0 + np.exp(-logit))
 
 
+def win_rate(p_first) -> float:
+    """Credit of the first answer: 1 per pair it wins (p > 0.5), 0.5 per exact tie, 0 per loss or missing verdict."""
+    p = np.asarray(p_first, np.float64)
+    return float(np.mean(np.where(p > 0.5, 1.0, np.where(p == 0.5, 0.5, 0.0))))
+
+
 def agreement(p_first, gold_first) -> float:
-    """Fraction of pairs where the verdict (p > 0.5) matches the gold preference (True: first is better)."""
-    return float(np.mean((np.asarray(p_first) > 0.5) == np.asarray(gold_first, bool)))
+    """Agreement of the verdict (p > 0.5: first better) with the gold preference (True: first is better):
+    1 per match, 0.5 per exact tie (p = 0.5: no preference), 0 per mismatch or missing verdict (NaN)."""
+    p, gold = np.asarray(p_first, np.float64), np.asarray(gold_first, bool)
+    if p.shape != gold.shape:
+        raise ValueError(f"p_first has shape {p.shape}, gold_first {gold.shape}: one gold preference per pair")
+    right = np.where(gold, p > 0.5, p < 0.5)
+    return float(np.mean(np.where(p == 0.5, 0.5, right.astype(np.float64))))

@@ -79,7 +79,7 @@ class RegisteredKind:
 
 _REGISTERED: dict[str, RegisteredKind] = {}
 # Modules that register kinds, imported on first lookup (they import this module: no import cycle).
-_KIND_MODULES = ("research.apps.rag_data", "research.apps.agent_data")
+_KIND_MODULES = ("research.apps.rag_data", "research.apps.agent_data", "research.apps.judge_data")
 
 
 def register_kind(name: str, make, *, check=None, verify=None) -> None:
