@@ -1,13 +1,17 @@
 """RAG data over research.data.entities worlds: the chunked knowledge base, gold chunks, and the "rag" SFT kind.
 
-    kb = KnowledgeBase(make_world(50, seed=7), n_c=12, overlap=3)
+    kb = KnowledgeBase(make_world(50, seed=7), n_c=8, overlap=2)
     kb.texts                      # the chunks: what a retriever stores
     kb.gold(question)             # ids of the chunks holding the answer (its words whole)
     rag_prompt(question, passages) == retrieval.augment(question.text, passages)
 
-The knowledge base is the world's passages joined into one document and cut
-into n_c-word chunks, so a chunk can straddle two entities or hold only part
-of one (a small n_c separates "Its flag is red" from the entity's name).
+The knowledge base is one fact card per entity ("Zenqui: founder Ada Dada,
+colour white, river Nofen, population 926, age 14.", 12 words, half the bytes
+of entities.World.passage: byte-level prompts with 3 chunks stay under 320
+tokens, which is what lets the tiny scale train on 2 CPU cores), the cards
+joined into one document and cut into n_c-word chunks, so a chunk can straddle
+two entities or hold only part of one (at n_c = 4, "colour white, river Nofen"
+without the entity's name).
 
 The SFT kind "rag:passages=K:words=N:overlap=O:entities=E" teaches a decoder the
 skill, not the facts: every example draws its own world of E entities (fresh
@@ -28,12 +32,14 @@ import numpy as np
 
 from research.apps import retrieval
 from research.data import instructions, reasoning
-from research.data.entities import Question, World, make_world
+from research.data.entities import NUMBER_ATTRIBUTES, TEXT_ATTRIBUTES, Entity, Question, World, make_world
 
+ATTRIBUTES = TEXT_ATTRIBUTES + NUMBER_ATTRIBUTES
+CARD_WORDS = 12  # every card: name, 5 attribute names, 6 value words (the founder has two)
 KNOBS = {
-    "passages": (4, 0, 8),  # K passages in the prompt; 0 = closed book
-    "words": (12, 1, 64),  # n_c, the chunk size in words
-    "overlap": (3, 0, 63),  # words shared by neighbouring chunks (< n_c)
+    "passages": (3, 0, 8),  # K passages in the prompt; 0 = closed book
+    "words": (8, 1, 64),  # n_c, the chunk size in words
+    "overlap": (2, 0, 63),  # words shared by neighbouring chunks (< n_c)
     "entities": (8, 2, 64),  # the size of each example's own world
 }
 
@@ -45,7 +51,7 @@ class KnowledgeBase:
         if not world.entities:
             raise ValueError("the knowledge base is empty: the world has no entities")
         self.world = world
-        self.passages = world.passages()
+        self.passages = [card(e) for e in world.entities]
         self.document = " ".join(self.passages)
         self.chunks = retrieval.chunk_words(self.document, n_c, overlap)  # names n_c / overlap when bad
         self.texts = [c.text for c in self.chunks]
@@ -57,13 +63,12 @@ class KnowledgeBase:
         """[start, end) word span of the answer inside its entity's passage, in document words."""
         name = question.entities[0]
         entity = next(e for e in self.world.entities if e.name == name)
-        passage_words = [w.strip(".,") for w in self.world.passage(entity).split()]
-        answer = question.answer.split()
-        # The attribute's own occurrence: the first match after the attribute's cue word ("by", "is", ...).
-        for i in range(len(passage_words) - len(answer) + 1):
-            if passage_words[i : i + len(answer)] == answer and _cue_before(passage_words, i, question.text):
-                return self._start[name] + i, self._start[name] + i + len(answer)
-        raise ValueError(f"answer {question.answer!r} not found in the passage of {name}")
+        card_words = [w.strip(".,:") for w in card(entity).split()]
+        attribute = re.match(r"What is the (\w+) of ", question.text).group(1)
+        at = card_words.index(attribute) + 1  # the value follows its attribute's name
+        if card_words[at : at + len(question.answer.split())] != question.answer.split():
+            raise ValueError(f"answer {question.answer!r} is not the {attribute} on the card of {name}")
+        return self._start[name] + at, self._start[name] + at + len(question.answer.split())
 
     def gold(self, question: Question) -> list[int]:
         """Ids of the chunks that hold the whole answer span (two when an overlap repeats it; none when a
@@ -72,14 +77,10 @@ class KnowledgeBase:
         return [i for i, c in enumerate(self.chunks) if c.start <= start and end <= c.end]
 
 
-# The word right before each attribute's value in entities.World.passage: the cue that tells a
-# colour's "red" from the same word elsewhere (numbers: "of 345" vs "is 23").
-_CUES = {"founder": "by", "colour": "is", "river": "river", "population": "of", "age": "is"}
-
-
-def _cue_before(passage_words, i, question_text):
-    attribute = re.match(r"What is the (\w+) of ", question_text).group(1)
-    return i > 0 and passage_words[i - 1] == _CUES[attribute]
+def card(entity: Entity) -> str:
+    """An entity's fact card: its name, then every attribute's name and value."""
+    facts = ", ".join(f"{k} {entity.attributes[k]}" for k in ATTRIBUTES)
+    return f"{entity.name}: {facts}."
 
 
 def rag_prompt(question: Question, passages: list[str]) -> str:
@@ -100,7 +101,7 @@ def check(kind: str) -> dict:
 
 
 def _max_chunks(values) -> int:
-    words = 28 * values["entities"]  # every passage of entities.World is 28 words long
+    words = CARD_WORDS * values["entities"]
     return len(retrieval.chunk_spans(words, values["words"], values["overlap"]))
 
 

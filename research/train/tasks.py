@@ -45,6 +45,7 @@ _TASKS: dict[str, type["Task"]] = {}
 _TASK_MODULES = {
     "mlm": "research.train.tasks_encoder",
     "classify": "research.train.tasks_encoder",
+    "contrastive": "research.train.tasks_contrastive",
     "span_corruption": "research.train.tasks_seq2seq",
     "seq2seq": "research.train.tasks_seq2seq",
     "sft": "research.train.tasks_sft",
