@@ -26,9 +26,10 @@ over EVAL_SEEDS draws of the held-out probe pairs (mean and spread):
                answer unpadded (swap-averaged, so position is out), before and after a length
                penalty whose per-token weight is chosen on the "val" probe pairs (mitigation 2),
                with gold agreement before and after to show what the penalty costs;
-  self-pref.   P(the judge prefers generator X's correct answer over an equally correct answer of a
-               third source, a template in another style of the same length), for a judge from X's
-               base ("self") and from the other base (mitigation 3, "other base");
+  self-pref.   how often the judge prefers generator X's answer over a third source's answer stating the
+               same value (so equally correct: a template in another style of about the same length),
+               swap-averaged, for a judge from X's base ("self") and from the other base (mitigation 3,
+               "other base");
   ROUGE        ROUGE-1/2/L F1 against the reference solution "a + b = v" as a judge: agreement with
                gold and the correlation of its score difference with the gold sign, next to the
                judge's; plus the text path (a generated, parsed verdict; no verdict = a failure)
@@ -238,7 +239,9 @@ def evaluate_judge(judge, arg, generator_outputs, base_name):
             penalized = J.length_penalized(pos["p_correct"], correct_len, wrong_len, per_token=weight)
             row[f"agreement_penalized_{how}"] = J.agreement(penalized, [True] * len(pairs))
         for name, (questions, texts) in generator_outputs.items():
-            other = [D.state(D.OTHER_STYLE, a, b, a + b) for a, b, _ in questions]
+            other = [
+                D.state(D.OTHER_STYLE, a, b, D.stated_value(t)) for (a, b, _), t in zip(questions, texts, strict=True)
+            ]
             row[f"prefers_{name}"] = J.win_rate(self_preference(judge, [q for _, _, q in questions], texts, other))
         row["self_preference"] = row[f"prefers_{base_name}"]
         row["other_base_preference"] = np.mean([row[f"prefers_{k}"] for k in generator_outputs if k != base_name])
@@ -270,13 +273,15 @@ def analyze(workdir, runs, arg=None):
     by_stage = {}
     for r in runs:
         by_stage.setdefault(r.stage, []).append(r)
-    # The generators answer every self-preference question (test part); only their correct answers are paired.
+    # The generators answer every self-preference question (test part). Each answer that states a value is
+    # paired with the third source's answer stating the same value: equally correct (or equally wrong),
+    # so a preference between them is for the source, not the content.
     questions = D.questions(part="test")
     generator_outputs, generator_accuracy = {}, {}
     for name in _styles():
         texts, right = _generator_answers(load_run(by_stage[f"gen_{name}"][0].workdir), questions)
         generator_accuracy[name] = float(np.mean(right))
-        kept = [(q, t) for q, t, ok in zip(questions, texts, right, strict=True) if ok]
+        kept = [(q, t) for q, t in zip(questions, texts, strict=True) if D.stated_value(t) is not None]
         generator_outputs[name] = ([q for q, _ in kept], [t for _, t in kept])
     results = {"generator_accuracy": generator_accuracy,
                "generator_examples": {k: v[1][:2] for k, v in generator_outputs.items()}, "judges": {}}  # fmt: skip

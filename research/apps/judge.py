@@ -237,17 +237,21 @@ def length_penalized(p_first, len_first, len_second, *, per_token: float) -> np.
     return 1.0 / (1.0 + np.exp(-logit))
 
 
+TIE = 1e-9  # |p - 0.5| below this is a tie: a penalty that exactly cancels a preference lands on 0.5 +- rounding
+
+
 def win_rate(p_first) -> float:
-    """Credit of the first answer: 1 per pair it wins (p > 0.5), 0.5 per exact tie, 0 per loss or missing verdict."""
+    """Credit of the first answer: 1 per pair it wins (p > 0.5), 0.5 per tie, 0 per loss or missing verdict."""
     p = np.asarray(p_first, np.float64)
-    return float(np.mean(np.where(p > 0.5, 1.0, np.where(p == 0.5, 0.5, 0.0))))
+    tie = np.abs(p - 0.5) < TIE
+    return float(np.mean(np.where(tie, 0.5, np.where(p > 0.5, 1.0, 0.0))))
 
 
 def agreement(p_first, gold_first) -> float:
     """Agreement of the verdict (p > 0.5: first better) with the gold preference (True: first is better):
-    1 per match, 0.5 per exact tie (p = 0.5: no preference), 0 per mismatch or missing verdict (NaN)."""
+    1 per match, 0.5 per tie (p = 0.5: no preference), 0 per mismatch or missing verdict (NaN)."""
     p, gold = np.asarray(p_first, np.float64), np.asarray(gold_first, bool)
     if p.shape != gold.shape:
         raise ValueError(f"p_first has shape {p.shape}, gold_first {gold.shape}: one gold preference per pair")
     right = np.where(gold, p > 0.5, p < 0.5)
-    return float(np.mean(np.where(p == 0.5, 0.5, right.astype(np.float64))))
+    return float(np.mean(np.where(np.abs(p - 0.5) < TIE, 0.5, right.astype(np.float64))))
