@@ -141,9 +141,17 @@ class DenseRetriever:
 
 
 def recall_at_k(ids: np.ndarray, relevant) -> float:
-    """Fraction of queries whose relevant chunk (one id per query) is among their retrieved ids."""
-    ids, relevant = np.asarray(ids), np.asarray(relevant).reshape(-1, 1)
-    return float(np.mean(np.any(ids == relevant, axis=1)))
+    """Fraction of queries with a relevant chunk among their retrieved ids [q, k].
+
+    relevant: one id per query, or one collection of ids per query (any of them counts: with an
+    overlap, two chunks can hold the same fact; an empty collection is a miss).
+    """
+    ids = np.asarray(ids)
+    if len(relevant) != len(ids):
+        raise ValueError(f"recall_at_k: {len(relevant)} relevant entries for {len(ids)} queries")
+    if all(np.ndim(r) == 0 for r in relevant):
+        return float(np.mean(np.any(ids == np.asarray(relevant).reshape(-1, 1), axis=1)))
+    return float(np.mean([bool(set(map(int, row)) & set(map(int, r))) for row, r in zip(ids, relevant, strict=True)]))
 
 
 POSITIONS = ("first", "middle", "last")
