@@ -108,7 +108,7 @@ def test_a_decoder_runs_the_loop_to_a_defined_outcome():
 
 def test_expressions_that_would_hang_or_escape_are_refused_as_wasted_calls():
     model = scripted(
-        "Action: calculator[" + "(" * 40 + "1" + ")" * 40 + "]\n",  # nesting: refused, no RecursionError
+        "Action: calculator[" + "-(" * 40 + "1" + ")" * 40 + "]\n",  # deep nesting: refused before recursing
         "Action: calculator[" + "+".join(["1"] * 5000) + "]\n",  # too long to parse
         "Action: calculator[(2 ** 64) ** (2 ** 64)]\n",  # a power whose size is known to be huge
         "Action: calculator[().__class__]\n",  # attribute access
