@@ -40,7 +40,7 @@ POSITION_NC = 6
 SCALES = {
     # decoder (layers, d_model, heads, steps, batch, seq_len), encoder (layers, d_model, heads, steps, batch),
     # eval (worlds, entities per world, questions per world)
-    "tiny": dict(decoder=(2, 128, 4, 300, 16, 384), encoder=(2, 64, 4, 200, 32), eval=(3, 40, 50)),
+    "tiny": dict(decoder=(2, 128, 4, 700, 8, 384), encoder=(2, 64, 4, 200, 32), eval=(3, 40, 50)),
     "full": dict(decoder=(8, 512, 8, 5000, 64, 384), encoder=(6, 256, 8, 3000, 128), eval=(3, 200, 300)),
 }
 EVAL_SEED = 10_000  # eval world w has seed EVAL_SEED + w: no training example's world (those come from rng draws)
@@ -64,6 +64,8 @@ def get_config(arg=None):
     c = sft_config(sft_kinds(), layers=layers, d_model=d_model, heads=heads, steps=steps, batch=batch,
                    max_new_tokens=12, seed=arg.seed, seq_len=seq_len, eval_examples=100)  # fmt: skip
     c.sft.num_train_examples = 1_000_000  # fresh worlds throughout: no example is seen twice
+    c.model.position = "rope"  # relative positions: copying what follows a key's earlier occurrence needs no
+    # per-position learning (learned positions left exact match at 0.0 after 300 steps of 16 rows)
     return c
 
 
