@@ -36,6 +36,7 @@ import json
 
 import numpy as np
 
+from research.apps.agent_data import NAME_TOKENS
 from research.config import parse_arg
 from research.experiment import Stage
 from research.reason.recipes import sft_config
@@ -43,7 +44,7 @@ from research.reason.recipes import sft_config
 SCALES = {
     # layers, d_model, heads, sft steps, batch, seq_len, entities, eval questions per set
     "micro": (1, 32, 2, 4, 4, 384, 6, 4),
-    "tiny": (2, 128, 4, 600, 8, 384, 24, 32),
+    "tiny": (2, 128, 4, 700, 8, 384, 24, 32),
     "full": (8, 512, 8, 8000, 64, 512, 200, 300),
 }
 MAX_STEPS = 6
@@ -73,6 +74,10 @@ def get_config(arg=None):
     c = sft_config(",".join(kinds(arg)), layers=layers, d_model=d_model, heads=heads, steps=steps, batch=batch,
                       max_new_tokens=96, seed=arg.seed, seq_len=seq_len, eval_examples=8)  # fmt: skip
     c.model.max_len = MAX_LEN  # generation runs past the longest training trajectory only when it goes astray
+    # RoPE, not the recipe's learned positions: an action copies a name from the question and a number from
+    # an observation, and with learned positions 600 steps had not learned to copy (see the docstring).
+    c.model.position = "rope"
+    c.data.added_tokens = " ".join((c.data.added_tokens, *NAME_TOKENS))  # names as syllable tokens (agent_data)
     return c
 
 

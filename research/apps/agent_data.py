@@ -24,11 +24,14 @@ import re
 from research.apps import agent
 from research.apps.retrieval import BM25
 from research.data import instructions
-from research.data.entities import Question, World, make_world
+from research.data.entities import SYLLABLES, Question, World, make_world
 from research.data.reasoning import parse_knobs
 
 KNOBS = {"hops": (2, 1, 2), "direct": (0, 0, 1), "fresh": (1, 0, 1), "entities": (24, 2, 1000), "world": (0, 0, 10**6)}
 DIRECT_SUFFIX = "\nAnswer directly."
+# The syllables names are made of, as tokenizer added tokens (data.added_tokens): a name is then 2-3 tokens
+# instead of 4-12 bytes, so a byte-level model copies it into an action in a few steps, not a dozen.
+NAME_TOKENS = tuple(SYLLABLES) + tuple(s.capitalize() for s in SYLLABLES)
 _FINISH = re.compile(r"^Action:\s*finish\[(.*)\]\s*$", re.MULTILINE)
 
 

@@ -127,4 +127,8 @@ def test_experiment_question_sets_and_table():
     assert "| seen world, two-step | 0.500 ± 0.250 |" in table[4]
     with pytest.raises(ValueError, match="react scale='huge'"):
         react.get_config("scale=huge")
-    assert react.get_config("scale=micro").sft.tasks.count("react:") == 4
+    config = react.get_config("scale=micro")
+    assert config.sft.tasks.count("react:") == 4 and config.model.position == "rope"
+    names = ByteTokenizer().with_added_tokens(config.data.added_tokens.split())
+    for entity in seen.entities:  # every name is 2-3 syllable tokens and decodes back exactly
+        assert 2 <= len(names.encode(entity.name)) <= 3 and names.decode(names.encode(entity.name)) == entity.name
