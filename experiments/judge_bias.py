@@ -36,10 +36,13 @@ over EVAL_SEEDS draws of the held-out probe pairs (mean and spread):
                and whether the justification states the right sum.
 Writes results.md, results.json, judge_bias.png.
 
-Sizes (tiny): 2 layers x 128, byte-level (research/reason/recipes.py), seq_len 256 (a judge prompt
-is at most ~190 bytes). One-digit sums: the judge must add and compare, which a tiny model learns
-only partly in a few hundred steps, leaving its gold agreement between chance and 1. See the results
-for the step counts measured; they were sized so the whole file runs in about 10 minutes on 2 cores.
+Sizes (tiny): 2 layers x 128, byte-level (research/reason/recipes.py), seq_len 128 (a judge example
+is at most 127 bytes with the compact judge_data.TEMPLATE; the library's longer default template
+needed 256 and twice the time per step). One-digit sums: the judge must add and compare. A first run
+with 100-step generators and 250-step judges left the generators at 0.11 accuracy and every judge at
+chance on gold (0.46-0.50, only the planted position cue learned); 300 generator steps bring the
+generators to 0.85-1.0, and the judges get 600 steps. The whole file then takes about 20 minutes on
+2 shared cores (roughly half that alone).
 Arguments: scale=tiny|full, seed=N.
 """
 
@@ -51,7 +54,7 @@ from research.reason.recipes import sft_config
 
 SCALES = {
     # layers, d_model, heads, generator steps, judge steps, batch, probe pairs per set
-    "tiny": (2, 128, 4, 100, 250, 16, 100),
+    "tiny": (2, 128, 4, 300, 600, 16, 100),
     "full": (12, 768, 12, 3000, 10_000, 64, 1000),
 }
 SEQ_LEN = 128
@@ -217,7 +220,7 @@ def evaluate_judge(judge, arg, generator_outputs, base_name):
     from research.apps import judge_data as D
 
     n = SCALES[arg.scale][6]
-    grid = np.round(np.arange(0, 0.41, 0.01), 2)
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 31)])  # per token (byte)
     per_seed = []
     for seed in EVAL_SEEDS:
         s = arg.seed * 100 + seed
@@ -254,11 +257,16 @@ def text_path(judge, pairs, n_justify=50):
     from research.apps import judge as J
     from research.apps import judge_data as D
 
-    prompts = judge.pairwise_prompts([p.question for p in pairs], [p.correct for p in pairs], [p.wrong for p in pairs])
-    p = J.text_preference(judge.generated_verdicts(prompts))
-    reasons = judge.justify(prompts[:n_justify], ["A"] * n_justify, max_new_tokens=16)
-    right = [D.justification(pair).rstrip(".") in r for pair, r in zip(pairs, reasons, strict=False)]
-    return {"text_agreement": J.agreement(p, [True] * len(pairs)), "text_failures": J.failure_rate(p),
+    q, c, w = [p.question for p in pairs], [p.correct for p in pairs], [p.wrong for p in pairs]
+    prompts = judge.pairwise_prompts(q, c, w)
+    p = J.text_preference(judge.generated_verdicts(prompts + judge.pairwise_prompts(q, w, c)))  # both orders
+    # Justify where "A\nBecause" and 12 more tokens ("4 + 8 = 12." and [EOS]) fit the model's context.
+    room = judge.model.config.max_len - len("A\nBecause") - 12
+    fits = [(pair, t) for pair, t in zip(pairs, prompts, strict=True) if len(judge._encode(t)) <= room][:n_justify]
+    reasons = judge.justify([t for _, t in fits], ["A"] * len(fits), max_new_tokens=12)
+    right = [D.justification(pair).rstrip(".") in r for (pair, _), r in zip(fits, reasons, strict=True)]
+    return {"text_agreement": J.agreement(p, [True] * len(pairs) + [False] * len(pairs)),
+            "text_failures": J.failure_rate(p),
             "justification_right": float(sum(right) / len(right)), "justification_example": reasons[0]}  # fmt: skip
 
 
