@@ -361,6 +361,16 @@ def choose(rng, logits, config: SamplingConfig):
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
+def _squeeze(tree):
+    """Each leaf without its unit axes: how the loop carries the cache (see decode_loop)."""
+    return jax.tree.map(lambda x: x.reshape([d for d in x.shape if d != 1]), tree)
+
+
+def _unsqueeze(tree, like):
+    """`tree`'s leaves reshaped to those of `like` (a pytree of the same structure)."""
+    return jax.tree.map(lambda x, y: x.reshape(y.shape), tree, like)
+
+
 def decode_loop(forward, logits, cache, position, rng, *, config: SamplingConfig):
     """The token-by-token loop after a prefill; shared by decoder-only and encoder-decoder models.
 
@@ -374,7 +384,7 @@ def decode_loop(forward, logits, cache, position, rng, *, config: SamplingConfig
     init = dict(
         step=jnp.zeros((), jnp.int32),
         logits=logits.astype(jnp.float32),
-        cache=cache,
+        cache=_squeeze(cache),
         position=position,
         done=jnp.zeros((rows,), bool),
         stopped=jnp.zeros((rows,), bool),
@@ -411,11 +421,13 @@ def decode_loop(forward, logits, cache, position, rng, *, config: SamplingConfig
         live = ~done
         position = jnp.where(live, s["position"] + 1, s["position"])
         # A stopped row feeds padding with segment 0: nothing it writes is ever attended to.
-        next_logits, cache = forward(s["cache"], token[:, None], position[:, None], live.astype(jnp.int32)[:, None])
+        next_logits, new_cache = forward(
+            _unsqueeze(s["cache"], cache), token[:, None], position[:, None], live.astype(jnp.int32)[:, None]
+        )
         return dict(
             step=i + 1,
             logits=jnp.where(live[:, None], next_logits, s["logits"]),
-            cache=cache,
+            cache=_squeeze(new_cache),
             position=position,
             done=done | hit,
             stopped=s["stopped"] | hit,
@@ -428,5 +440,6 @@ def decode_loop(forward, logits, cache, position, rng, *, config: SamplingConfig
         )
 
     final = jax.lax.while_loop(cond, body, init)
+    final = {**final, "cache": _unsqueeze(final["cache"], cache)}
     keys = ("tokens", "positions", "logprobs", "valid", "forced", "stopped")
     return {k: final[k] for k in keys}, final

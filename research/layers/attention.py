@@ -103,10 +103,10 @@ class Attention(nn.Module):
         index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
         i = index.value
         if initialized:  # (the first, shape-only pass just creates the cache)
-            cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, 0, i, 0))
-            cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, 0, i, 0))
-            cached_seg.value = jax.lax.dynamic_update_slice(cached_seg.value, segment_ids.astype(jnp.int32), (0, i))
-            cached_pos.value = jax.lax.dynamic_update_slice(cached_pos.value, positions.astype(jnp.int32), (0, i))
+            cached_k.value = _write_slots(cached_k.value, k, i)
+            cached_v.value = _write_slots(cached_v.value, v, i)
+            cached_seg.value = _write_slots(cached_seg.value, segment_ids.astype(jnp.int32), i, axis=1)
+            cached_pos.value = _write_slots(cached_pos.value, positions.astype(jnp.int32), i, axis=1)
             index.value = i + q_len
         cache_len = cached_k.value.shape[2]
         q_slot = i + jnp.arange(q_len)
@@ -119,3 +119,19 @@ class Attention(nn.Module):
         if self.has_variable("prefix", "key"):  # prefix tuning: learned keys/values (research/attention/prefix.py)
             attend = with_prefix_cached(attend, **self.variables["prefix"])
         return attend(q, cached_k.value, cached_v.value, mask[:, None], bias=bias)
+
+
+def _write_slots(cache, new, index, axis: int = 2):
+    """`cache` with `new` written at slots index.. along `axis` (the cache's length axis).
+
+    The update runs on the cache without its unit axes (batch 1, one kv head), the shape XLA's
+    dots read it in. Updating the full-rank array instead makes XLA's CPU fusion duplicate the
+    update at batch 1 (once for the attention dots, once for the loop carry) and copy the whole
+    cache up to four times per layer and step (a fifth of the step, profiled); the sampler's loop
+    carries the cache without unit axes too (research/decode/sampler.py), so the update is in place.
+    """
+    keep = [a for a in range(cache.ndim) if a == axis or cache.shape[a] != 1]
+    start = tuple(index if a == axis else 0 for a in keep)
+    update = new.astype(cache.dtype).reshape(tuple(new.shape[a] for a in keep))
+    view = cache.reshape(tuple(cache.shape[a] for a in keep))
+    return jax.lax.dynamic_update_slice(view, update, start).reshape(cache.shape)
