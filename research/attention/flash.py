@@ -23,6 +23,8 @@ from jax.sharding import PartitionSpec as P
 from kernels.flash_attention import gpu, tpu
 from research.attention.registry import get_attention, register_attention
 
+MIN_KERNEL_LEN = 16  # the Triton kernel's smallest tile (kernels/flash_attention/gpu.py)
+
 
 @register_attention("flash", options=("block_q", "block_kv", "interpret"))
 def flash_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, block_q=128, block_kv=128, interpret=False):
@@ -33,6 +35,10 @@ def flash_attention(q, k, v, *, causal=False, segment_ids=None, mask=None, block
             "use model.attention='dense' for that"
         )
     backend = jax.default_backend()
+    if min(q.shape[1], k.shape[1]) < MIN_KERNEL_LEN:
+        # Shorter than the smallest kernel tile: the models' init passes (8 tokens) and tiny inputs
+        # take the dense path, the same function; without this a flash model could not be initialised.
+        return get_attention("dense")(q, k, v, causal=causal, segment_ids=segment_ids)
     if interpret or backend in ("gpu", "tpu"):
         kernel = gpu.flash_attention if interpret or backend == "gpu" else tpu.flash_attention
         kwargs = dict(causal=causal, block_q=block_q, block_kv=block_kv)

@@ -246,6 +246,22 @@ def test_flash_trains_through_the_model_like_dense():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=0)
 
 
+def test_a_flash_model_initialises_and_short_inputs_equal_dense():
+    """init_params runs the model on 8 tokens, shorter than the kernel's smallest tile (16): such inputs take
+    the dense path (before, a flash model's init failed with the kernel's block-size error)."""
+    import flax.linen as nn
+
+    from research.attention.flash import MIN_KERNEL_LEN
+    from research.models import DecoderLM, ModelConfig, init_params
+
+    tiny = dict(vocab_size=61, num_layers=1, d_model=32, num_heads=2, num_kv_heads=2, mlp_dim=32, max_len=32)
+    flash = DecoderLM(ModelConfig(**tiny, attention="flash", attention_options=(("interpret", True),)))
+    params = nn.unbox(init_params(flash, jax.random.key(0)))
+    dense = DecoderLM(ModelConfig(**tiny, attention="dense"))
+    tokens = jax.random.randint(jax.random.key(1), (2, MIN_KERNEL_LEN - 1), 0, 61)
+    np.testing.assert_array_equal(flash.apply({"params": params}, tokens), dense.apply({"params": params}, tokens))
+
+
 def test_flash_under_a_mesh_runs_per_device_shard():
     """Under jax.set_mesh + logical rules, "flash" shard_maps the kernel over batch and heads; same numbers."""
     import flax.linen as nn
