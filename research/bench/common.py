@@ -122,10 +122,13 @@ def gpt2_like_config(
 
 
 def gpt2_like_model(max_len: int, **overrides) -> DecoderLM:
-    """The model of the shape flags; keyword overrides (layers=, d_model=, ...) replace single flags."""
-    f = flags.FLAGS
-    shape = dict(layers=f.layers, d_model=f.d_model, heads=f.heads, vocab=f.vocab, attention=f.attention, dtype=f.dtype)
-    return DecoderLM(gpt2_like_config(**{**shape, **overrides}, max_len=max_len))
+    """The model of the shape flags; keyword overrides (layers=, d_model=, ...) replace single flags.
+
+    A flag is read only where no override is given, so callers passing every size need no parsed flags.
+    """
+    keys = ("layers", "d_model", "heads", "vocab", "attention", "dtype")
+    shape = {k: overrides[k] if k in overrides else getattr(flags.FLAGS, k) for k in keys}
+    return DecoderLM(gpt2_like_config(**{**overrides, **shape}, max_len=max_len))
 
 
 def fit_slope(sizes, seconds) -> float:

@@ -27,6 +27,32 @@ def measure_matmul_peak_flops(dtype: str = "float32", n: int = 2048, repeats: in
     return 2 * n**3 / best
 
 
+# Dense (no sparsity) bfloat16 matmul peaks from the vendors' data sheets, FLOP/s, by a substring of
+# jax's device_kind; the most specific match wins. float32 peaks differ and are not listed.
+KNOWN_BF16_PEAKS = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "H200": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "B200": 2250e12,
+    "L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+def known_peak_flops(device_kind: str) -> float | None:
+    """The data-sheet bfloat16 peak of a device kind ("NVIDIA H100 80GB HBM3" -> 989e12), or None if unknown."""
+    matches = [k for k in KNOWN_BF16_PEAKS if k.lower() in device_kind.lower()]
+    return KNOWN_BF16_PEAKS[max(matches, key=len)] if matches else None
+
+
 def measure_read_bandwidth(mbytes: int = 64, repeats: int = 10) -> float:
     """Achievable bytes/s reading memory on the default device: a jitted sum over `mbytes` MB of float32.
 

@@ -56,6 +56,7 @@ class Shape:
     batch: int
     attention: str = "dense"
     dtype: str = "float32"
+    attention_options: tuple = ()  # ((name, value), ...), as ModelConfig takes them
 
     @property
     def tokens(self) -> int:
@@ -74,6 +75,7 @@ class Shape:
             attention=self.attention,
             dtype=self.dtype,
             seq_flag=seq_flag,
+            attention_opts=dict(self.attention_options) or None,
         )
         if self.batch < 1:
             raise ValueError(f"--batch={self.batch} must be >= 1")
@@ -94,6 +96,7 @@ def our_train_runner(shape: Shape, warmup: int = 1):
         vocab=shape.vocab,
         attention=shape.attention,
         dtype=shape.dtype,
+        attention_options=shape.attention_options,
     )
     optim = default_config().optim
     mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1))

@@ -46,7 +46,16 @@ def _last_json(args):
 
 
 def test_train_sweep_cli():
-    args = ["research.bench.train", *TINY, "--nopeer", "--seq=16", "--batch=2", "--steps=1", "--rounds=1", "--sweep_seq=8,16"]
+    args = [
+        "research.bench.train",
+        *TINY,
+        "--nopeer",
+        "--seq=16",
+        "--batch=2",
+        "--steps=1",
+        "--rounds=1",
+        "--sweep_seq=8,16",
+    ]
     stdout, rec = _last_json(args)
     assert rec["sweep"] == "seq" and rec["sizes"] == [8, 16]
     for p in rec["points"]:
