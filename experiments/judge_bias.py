@@ -220,7 +220,7 @@ def evaluate_judge(judge, arg, generator_outputs, base_name):
     from research.apps import judge_data as D
 
     n = SCALES[arg.scale][6]
-    grid = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 31)])  # per token (byte)
+    grid = np.concatenate([[0.0], np.geomspace(1e-6, 1.0, 61)])  # per token (byte); tiny judges lean by 1e-4
     per_seed = []
     for seed in EVAL_SEEDS:
         s = arg.seed * 100 + seed
@@ -335,10 +335,14 @@ ROWS = (
 )
 
 
+def _number(x):
+    return f"{x:.2g}" if 0 < abs(x) < 0.01 else f"{x:.3f}"  # the length weights are small
+
+
 def _cell(v):
     if isinstance(v, dict):
-        return f"{v['mean']:.3f} ± {v['std']:.3f}"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+        return f"{_number(v['mean'])} ± {_number(v['std'])}"
+    return _number(v) if isinstance(v, float) else str(v)
 
 
 def _table(results):
