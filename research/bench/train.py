@@ -272,9 +272,14 @@ def main(argv):
     try:
         common.check_shape_flags(f.seq)
         base.check()
+        shapes = [base]
         if f.sweep_d_model or f.sweep_seq:
             axis, values = ("d_model", f.sweep_d_model) if f.sweep_d_model else ("seq", f.sweep_seq)
-            sweep_shapes(base, axis, values)
+            shapes = sweep_shapes(base, axis, values)
+        for s in shapes:  # the batch is split over every device (data parallel)
+            if s.batch % jax.device_count():
+                where = "" if s is base else f" (the sweep's point {s.short()} has batch {s.batch})"
+                raise ValueError(f"--batch={f.batch}: the batch must divide over {jax.device_count()} devices{where}")
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"

@@ -1,6 +1,7 @@
 """The benchmarks' sweeps (research.bench.train / generate): shapes, slopes, and a tiny run of each CLI."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 from research.bench import common, train
 
 BASE = train.Shape(layers=1, d_model=32, heads=2, vocab=64, seq=16, batch=4)
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # the message below names 8
 TINY = ["--layers=1", "--d_model=32", "--heads=2", "--vocab=64"]
 
 
@@ -40,7 +42,7 @@ def test_sweep_refuses_a_length_the_attention_blocks_do_not_split():
 
 
 def _last_json(args):
-    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout, json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -51,7 +53,7 @@ def test_train_sweep_cli():
         *TINY,
         "--nopeer",
         "--seq=16",
-        "--batch=2",
+        "--batch=8",
         "--steps=1",
         "--rounds=1",
         "--sweep_seq=8,16",
@@ -76,10 +78,13 @@ def test_generate_sweep_cli():
     "args, message",
     [
         (["research.bench.train", "--d_model=30", "--heads=4"], "--heads=4 must divide --d_model=30"),
+        (["research.bench.train", *TINY, "--batch=4"], "--batch=4: the batch must divide over 8 devices"),
         (["research.bench.generate", *TINY, "--sweep_prompt_len=8,0"], "--sweep_prompt_len=0 must be >= 1"),
     ],
 )
 def test_cli_names_the_flag_of_a_bad_shape(args, message):
     """(research.bench.generate defines flags of the same names as train's: it runs in its own process.)"""
-    out = subprocess.run([sys.executable, "-m", *args, "--nopeer"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", *args, "--nopeer"], capture_output=True, text=True, timeout=300, env=ENV
+    )
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
