@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from research.apps import rag_data
 from research.tokenizers import ByteTokenizer
 from research.train.loop import train
 from research.train.tasks import task_config, validate_config
@@ -32,7 +33,8 @@ def test_batches_pair_questions_with_their_answer_chunks():
     valid = batch["valid"].astype(bool)
     assert valid.sum() >= 4 and len(set(np.array(texts["passage"])[valid])) == valid.sum()  # distinct positives
     for query, passage in zip(np.array(texts["query"])[valid], np.array(texts["passage"])[valid], strict=True):
-        assert query.startswith("What is the ") and len(passage.split()) <= 12  # n_c of batch 0 is 4 (+ the [CLS])
+        name, attribute = query.rstrip("?").split()  # rag_data.query: "Zenqui colour?"
+        assert attribute in rag_data.ATTRIBUTES and len(passage.split()) <= 4  # batch 0 chunks at n_c = 4
     assert (batch["query_tokens"][:, 0] == TOK.cls_id).all()
     # Train and eval worlds differ: no eval question is a training one.
     eval_batch = task.eval_batches(0, 1)[0]
