@@ -43,6 +43,13 @@ with 100-step generators and 250-step judges left the generators at 0.11 accurac
 chance on gold (0.46-0.50, only the planted position cue learned); 300 generator steps bring the
 generators to 0.85-1.0, and the judges get 600 steps. The whole file then takes about 20 minutes on
 2 shared cores (roughly half that alone).
+What the tiny run showed (one training seed): the verdict-first judges did not learn correctness
+(gold agreement 0.44-0.55) though their justifications, written after the verdict, state the right
+sum up to 0.72 of the time: a verdict-first judge must compare before it has computed. The planted
+skews were found (first-position win rate 1.0 / 0.83, mean P(own base's answer) 0.90 for the skewed
+H judge vs 0.50 from the other base) and removed by their mitigations; the balanced judges' leans are
+~1e-4 in probability, so their win rates (0 or 1) are signs of noise, not biases. ROUGE-1/L against
+the reference agreed with gold 0.85 of the time.
 Arguments: scale=tiny|full, seed=N.
 """
 
@@ -237,6 +244,7 @@ def evaluate_judge(judge, arg, generator_outputs, base_name):
             weight = choose_length_penalty(val_p, val_diff, grid)
             test_p, test_diff = verbosity_prefs(judge, D.padded_pairs(n, how, seed=s, part="test"))
             row[f"verbosity_{how}"] = J.win_rate(test_p)
+            row[f"verbosity_{how}_mean_p"] = float(np.mean(test_p))  # the size of the lean, not only its sign
             row[f"verbosity_{how}_penalized"] = J.win_rate(J.length_penalized(test_p, test_diff, 0, per_token=weight))
             row[f"length_weight_{how}"] = weight
             penalized = J.length_penalized(pos["p_correct"], correct_len, wrong_len, per_token=weight)
@@ -245,8 +253,11 @@ def evaluate_judge(judge, arg, generator_outputs, base_name):
             other = [
                 D.state(D.OTHER_STYLE, a, b, D.stated_value(t)) for (a, b, _), t in zip(questions, texts, strict=True)
             ]
-            row[f"prefers_{name}"] = J.win_rate(self_preference(judge, [q for _, _, q in questions], texts, other))
+            p_mine = self_preference(judge, [q for _, _, q in questions], texts, other)
+            row[f"prefers_{name}"], row[f"prefers_{name}_mean_p"] = J.win_rate(p_mine), float(np.mean(p_mine))
         row["self_preference"] = row[f"prefers_{base_name}"]
+        row["self_preference_mean_p"] = row[f"prefers_{base_name}_mean_p"]
+        row["other_base_mean_p"] = np.mean([row[f"prefers_{k}_mean_p"] for k in generator_outputs if k != base_name])
         row["other_base_preference"] = np.mean([row[f"prefers_{k}"] for k in generator_outputs if k != base_name])
         per_seed.append(row)
     return {k: _mean_std([r[k] for r in per_seed]) for k in per_seed[0]}
@@ -322,6 +333,7 @@ ROWS = (
     ("position consistency", "consistency"),
     ("first-position win rate", "first_win_rate"),
     ("padded (filler) beats plain", "verbosity_filler"),
+    ("... mean P(padded better)", "verbosity_filler_mean_p"),
     ("... with length penalty", "verbosity_filler_penalized"),
     ("padded (repeat) beats plain", "verbosity_repeat"),
     ("... with length penalty", "verbosity_repeat_penalized"),
@@ -329,6 +341,8 @@ ROWS = (
     ("gold agreement, swap-avg + penalty (filler)", "agreement_penalized_filler"),
     ("prefers own base's answers (self)", "self_preference"),
     ("prefers those answers, judge of the other base", "other_base_preference"),
+    ("mean P(own base's answer better): self", "self_preference_mean_p"),
+    ("... judge of the other base", "other_base_mean_p"),
     ("text verdict: gold agreement", "text_agreement"),
     ("text verdict: no parseable verdict", "text_failures"),
     ("justification states the right sum", "justification_right"),
