@@ -4,11 +4,16 @@
     p = judge.pairwise(questions, answers_a, answers_b)      # P(first is better) per pair
     fair = swap_average(p, judge.pairwise(questions, answers_b, answers_a))
     scores = judge.pointwise(questions, answers, scale=5)    # expected score in 1..5
+    judge = Judge.from_run(load_run(workdir))                # an SFT run: asked in its chat template
+    model, params = research.models.hf.load_pretrained(folder); Judge(model, unbox(params), tokenizer)
 
 A verdict is the next-token distribution after the prompt, renormalised over
 the choice tokens ("A"/"B", or "1".."k"), so it is a probability even when the
 model would rather say something else, and no text has to be parsed. A short
-justification can be sampled after the verdict (`justify`).
+justification can be sampled after the verdict (`justify`). The verdict can also be
+generated as text and parsed (`generated_verdicts`, `parse_verdict`); an output that
+names no choice is None, NaN as a probability (`text_preference`), and every metric
+below counts it as a failure (`failure_rate`), never an exception.
 
 Biases (Zheng et al. 2023, "Judging LLM-as-a-judge") as numbers over arrays of
 P(first better) for each pair in both orders:
