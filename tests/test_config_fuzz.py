@@ -306,6 +306,12 @@ INVALID = {
     "classify.packages": Bad(text_from("", ",", "json", "json,json", "json, json")),  # two distinct ones at least
     "classify.heldout_percent": Bad(outside(0, 100, lo_open=True, hi_open=True)),
     "classify.eval_examples": Bad(at_most(0)),
+    # contrastive (research/train/tasks_contrastive.py; its defaults: words "4,8,12", overlap "1,2,3")
+    "contrastive.entities": Bad(below(2)),  # a batch's negatives come from other entities
+    "contrastive.temperature": Bad(at_most(0)),
+    "contrastive.eval_seed": Bad(below(0)),
+    "contrastive.words": Bad(text_from("", "x", "4,8", "0,8,12", "4,-1,12")),  # 4,8: one size short of overlap
+    "contrastive.overlap": Bad(text_from("", "a", "1,2", "4,2,3", "-1,2,3")),  # 4 >= n_c=4
     # distill
     "distill.teacher_workdir": Bad(text_from("")),
     "distill.temperature": Bad(at_most(0)),
