@@ -16,13 +16,26 @@ what `python -m research.main --config FILE[:arg]` trains) and optionally:
 `python -m research.sweep` runs them (research/sweep.py): every run takes the
 command line's `--config.*` overrides, finished runs are skipped, unfinished
 ones resume, and multi-host launch works as for research.main.
+
+Seeds are a sweep axis of the runner, not of each file: with `seeds=K > 1` the
+whole experiment runs K times, in WORKDIR/seed=<i>, every run's train.seed
+raised by i (its init and data order both change; evaluation sets, which have
+their own seeds, stay the same). Each seed is analyzed on its own, then the
+seeds' results.json are merged (research/stats.py) into WORKDIR/results.json
+and results.md, where every number that varies is mean ± std over seeds. A
+seed that crashes (any exception but a stop signal or a ValueError, which is a
+config or workdir problem and stops everything) is recorded as failed, with its
+traceback in WORKDIR/seed=<i>/FAILED; the other seeds' results are kept, and a
+rerun retries it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
+import traceback
 
 import ml_collections
 from etils import epath
@@ -124,10 +137,11 @@ def stages_of(experiment, arg) -> list[Stage]:
     raise ValueError("the experiment file defines neither get_stages(arg) nor get_sweep(arg)")
 
 
-def plan(experiment, arg, workdir, overrides: dict | None = None) -> list[Run]:
+def plan(experiment, arg, workdir, overrides: dict | None = None, *, seed_offset: int = 0) -> list[Run]:
     """Every run of the experiment, in order, with its final config: stage config, sweep entry, the
     workdirs of the stages it reads, then the command line's overrides (applied to every run whose
-    config has the key; a key no run has is an error). Validates every config before anything runs."""
+    config has the key; a key no run has is an error), then train.seed += seed_offset. Validates
+    every config before anything runs."""
     workdir = epath.Path(workdir)
     if "://" not in str(workdir):  # stages record each other's workdirs: absolute, so reruns from elsewhere match
         workdir = workdir.absolute()
@@ -148,6 +162,8 @@ def plan(experiment, arg, workdir, overrides: dict | None = None) -> list[Run]:
                     )
                 config = apply_overrides(config, {key: str(found[0].workdir)}, what=f"stage {stage.name!r} input")
             config = apply_overrides(config, {k: v for k, v in overrides.items() if has_key(config, k)})
+            if seed_offset:
+                config.train.seed += seed_offset
             name = run_name(entry) if stage.sweep else ""
             run = Run(
                 name="/".join(filter(None, (stage.name, name))) or "base",
@@ -166,20 +182,99 @@ def plan(experiment, arg, workdir, overrides: dict | None = None) -> list[Run]:
     return runs
 
 
-def run_experiment(experiment, arg, workdir, overrides: dict | None = None, *, only: str = "") -> list[Run]:
+def seed_workdir(workdir, seed: int) -> epath.Path:
+    """Where seed offset `seed` of a several-seed experiment runs."""
+    return epath.Path(workdir) / f"seed={seed}"
+
+
+def run_experiment(
+    experiment, arg, workdir, overrides: dict | None = None, *, only: str = "", seeds: int = 1
+) -> list[Run]:
     """Trains every unfinished run (resuming where it stopped), skips finished ones, then analyzes.
 
     only: run just this stage (and no analysis); its inputs must be finished.
+    seeds: run the whole experiment this many times, train.seed + 0 .. seeds - 1, each in
+      WORKDIR/seed=<i> and analyzed there, then merge the analyses (see the module docstring).
+      1: the experiment runs in WORKDIR itself.
     """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r}: the number of seeds must be an integer >= 1")
+    if seeds == 1:
+        runs = plan(experiment, arg, workdir, overrides)
+        _check_only(only, runs)
+        _train_runs(runs, only)
+        if not only and hasattr(experiment, "analyze"):
+            experiment.analyze(epath.Path(workdir), runs, arg)
+        return runs
+
+    from absl import logging
+
+    from research.train.faults import Preempted
+
+    plans = {i: plan(experiment, arg, seed_workdir(workdir, i), overrides, seed_offset=i) for i in range(seeds)}
+    _check_only(only, plans[0])  # every seed is planned (and validated) before any trains
+    failed: dict[int, str] = {}
+    for i, runs in plans.items():
+        seed_dir = seed_workdir(workdir, i)
+        marker = seed_dir / "FAILED"
+        if marker.exists():
+            marker.unlink()  # a rerun retries a failed seed
+        try:
+            _train_runs(runs, only)
+            if not only and hasattr(experiment, "analyze"):
+                seed_dir.mkdir(parents=True, exist_ok=True)
+                experiment.analyze(seed_dir, runs, arg)
+        except (Preempted, ValueError):
+            raise  # a stop signal (a rerun resumes) or a config/workdir problem (the user fixes): not a crash
+        except Exception as e:  # noqa: BLE001 -- one seed's crash must not cost the others
+            why = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            logging.exception("experiment seed %d failed; the other seeds go on", i)
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(why + "\n\n" + traceback.format_exc())
+            failed[i] = why
+    if len(failed) == seeds:
+        raise RuntimeError(f"every seed of the experiment failed: {failed}")
+    if not only and hasattr(experiment, "analyze"):
+        merge_seeds(workdir, list(plans), failed)
+    return [run for runs in plans.values() for run in runs]
+
+
+def merge_seeds(workdir, seeds: list[int], failed: dict[int, str]) -> dict:
+    """The seeds' results.json (those that did not fail) merged into WORKDIR/results.json and .md."""
+    from research import stats
+
+    workdir = epath.Path(workdir)
+    failed, per_seed = dict(failed), {}
+    for i in seeds:
+        path = seed_workdir(workdir, i) / "results.json"
+        if i in failed:
+            continue
+        if path.exists():
+            per_seed[i] = json.loads(path.read_text())
+        else:
+            failed[i] = f"its analysis wrote no {path}"
+    if not per_seed:
+        return {}
+    merged = stats.merge_results(per_seed)
+    record = {"seeds": seeds, "merged_seeds": list(per_seed), "failed": failed, "results": merged}
+    (workdir / "results.json").write_text(json.dumps(record, indent=1))
+    (workdir / "results.md").write_text(stats.results_markdown(merged, seeds=seeds, failed=failed))
+    return record
+
+
+def _check_only(only: str, runs: list[Run]) -> None:
+    if only and only not in {r.stage for r in runs}:
+        raise ValueError(f"--only={only!r} is not a stage; stages: {sorted({r.stage for r in runs})}")
+
+
+def _train_runs(runs: list[Run], only: str) -> None:
+    """Trains each run of `runs` (of stage `only`, if given) that is not finished; resumes unfinished ones."""
     from absl import logging
 
     from research.train import checkpoint
     from research.train.loop import train
     from research.train.tasks import get_task
 
-    runs = plan(experiment, arg, workdir, overrides)
-    if only and only not in {r.stage for r in runs}:
-        raise ValueError(f"--only={only!r} is not a stage; stages: {sorted({r.stage for r in runs})}")
     for run in runs:
         if only and run.stage != only:
             continue
@@ -191,6 +286,3 @@ def run_experiment(experiment, arg, workdir, overrides: dict | None = None, *, o
             continue
         logging.warning("experiment run %s -> %s", run.name, run.workdir)
         train(run.config, run.workdir)
-    if not only and hasattr(experiment, "analyze"):
-        experiment.analyze(epath.Path(workdir), runs, arg)
-    return runs

@@ -155,3 +155,111 @@ def test_plan_overrides_and_errors(tmp_path):
         plan(_experiment([*stages, Stage("c", lm, inputs={"train.init_from": "sft"})]), None, tmp_path)
     runs = plan(_experiment([*stages, Stage("c", lm, inputs={"train.init_from": "sft/method=lora"})]), None, tmp_path)
     assert runs[-1].config.train.init_from == str(tmp_path / "sft/method=lora")
+
+
+def _seeded_experiment(train_log, crash=lambda config, workdir: False):
+    """Two stages (b reads a) with a fake trainer, and an analysis whose numbers depend on the seed."""
+    import json
+
+    from research.train import loop
+
+    config = _tiny("")
+
+    def fake_train(config, workdir):
+        train_log.append((workdir, config.train.seed, config.train.get("init_from", "")))
+        workdir.mkdir(parents=True, exist_ok=True)  # as train does; no checkpoint, so a rerun trains again
+        if crash(config, workdir):
+            raise RuntimeError(f"boom at seed {config.train.seed}")
+
+    def analyze(workdir, runs, arg):
+        seed = runs[0].config.train.seed
+        rows = [dict(name=r.name, accuracy=0.5 + 0.1 * seed, params=100, sample="same text") for r in runs]
+        (workdir / "results.json").write_text(json.dumps(dict(rows=rows, base_loss=2.0)))
+
+    experiment = types.SimpleNamespace(
+        get_stages=lambda arg: [Stage("a", config), Stage("b", config, inputs={"train.init_from": "a"})],
+        analyze=analyze,
+    )
+    return experiment, fake_train, loop
+
+
+def test_seeds_run_the_experiment_per_seed_and_merge(tmp_path, monkeypatch):
+    import json
+
+    log = []
+    experiment, fake_train, loop = _seeded_experiment(log)
+    monkeypatch.setattr(loop, "train", fake_train)
+    runs = run_experiment(experiment, None, tmp_path, {"train.seed": 10}, seeds=3)
+
+    # Each seed is the whole experiment in WORKDIR/seed=<i>, train.seed raised by i, inputs within the seed.
+    assert [(r.workdir, r.config.train.seed) for r in runs] == [
+        (tmp_path / f"seed={i}" / stage, 10 + i) for i in range(3) for stage in ("a", "b")
+    ]
+    assert log == [
+        (tmp_path / f"seed={i}" / stage, 10 + i, "" if stage == "a" else str(tmp_path / f"seed={i}" / "a"))
+        for i in range(3)
+        for stage in ("a", "b")
+    ]
+    assert all((tmp_path / f"seed={i}" / "results.json").exists() for i in range(3))
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert merged["seeds"] == [0, 1, 2] and merged["failed"] == {}
+    row = merged["results"]["rows"][0]
+    assert row["name"] == "a" and row["params"] == 100 and row["sample"] == "same text"  # equal in every seed
+    assert row["accuracy"]["n"] == 3 and row["accuracy"]["values"] == pytest.approx([1.5, 1.6, 1.7])
+    assert row["accuracy"]["mean"] == pytest.approx(1.6) and row["accuracy"]["std"] == pytest.approx(0.1)
+    text = (tmp_path / "results.md").read_text()
+    assert "3 of 3 seeds" in text and "| a | 1.6 ± 0.1 | 100 | same text |" in text
+
+
+def test_a_crashing_seed_is_reported_and_the_others_kept(tmp_path, monkeypatch):
+    import json
+
+    log = []
+    crash = {"on": True}
+    experiment, fake_train, loop = _seeded_experiment(
+        log, crash=lambda config, workdir: crash["on"] and config.train.seed == 1 and workdir.name == "b"
+    )
+    monkeypatch.setattr(loop, "train", fake_train)
+    run_experiment(experiment, None, tmp_path, seeds=3)
+    failed = tmp_path / "seed=1" / "FAILED"
+    assert "RuntimeError: boom at seed 1" in failed.read_text() and "Traceback" in failed.read_text()
+    assert not (tmp_path / "seed=1" / "results.json").exists()  # its analysis did not run
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert merged["failed"] == {"1": "RuntimeError: boom at seed 1"} and merged["merged_seeds"] == [0, 2]
+    assert merged["results"]["rows"][1]["accuracy"]["values"] == pytest.approx([0.5, 0.7])
+    assert "2 of 3 seeds (0, 2)" in (tmp_path / "results.md").read_text()
+    assert "seed 1 FAILED: RuntimeError: boom at seed 1" in (tmp_path / "results.md").read_text()
+
+    # A rerun retries the failed seed (the fake trainer leaves no checkpoint: every run trains again).
+    crash["on"] = False
+    run_experiment(experiment, None, tmp_path, seeds=3)
+    assert not failed.exists()
+    assert json.loads((tmp_path / "results.json").read_text())["merged_seeds"] == [0, 1, 2]
+
+    # Every seed failing is an error naming them; a ValueError (a config or workdir problem) is not a crash.
+    monkeypatch.setattr(loop, "train", lambda config, workdir: (_ for _ in ()).throw(RuntimeError("down")))
+    with pytest.raises(RuntimeError, match=r"every seed.*0: 'RuntimeError: down'"):
+        run_experiment(experiment, None, tmp_path / "all", seeds=2)
+    monkeypatch.setattr(loop, "train", lambda config, workdir: (_ for _ in ()).throw(ValueError("bad key")))
+    with pytest.raises(ValueError, match="bad key"):
+        run_experiment(experiment, None, tmp_path / "value", seeds=2)
+    assert not (tmp_path / "value" / "seed=0" / "FAILED").exists()
+
+
+@pytest.mark.parametrize("seeds", [0, -1, 1.5, True, "3"])
+def test_seeds_must_be_a_positive_integer(seeds, tmp_path):
+    experiment, _, _ = _seeded_experiment([])
+    with pytest.raises(ValueError, match="seeds="):
+        run_experiment(experiment, None, tmp_path, seeds=seeds)
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_only_with_seeds_runs_that_stage_in_every_seed(tmp_path, monkeypatch):
+    log = []
+    experiment, fake_train, loop = _seeded_experiment(log)
+    monkeypatch.setattr(loop, "train", fake_train)
+    run_experiment(experiment, None, tmp_path, only="a", seeds=2)
+    assert [w for w, _, _ in log] == [tmp_path / "seed=0" / "a", tmp_path / "seed=1" / "a"]
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "seed=0" / "results.json").exists()
+    with pytest.raises(ValueError, match="--only='c'"):
+        run_experiment(experiment, None, tmp_path, only="c", seeds=2)
