@@ -156,6 +156,17 @@ def swiglu_mlp_dim(d_model: int) -> int:
     return (8 * d_model // 3 + 63) // 64 * 64
 
 
+def config_keys(config, prefix: str = "") -> list[str]:
+    """Every leaf of a ConfigDict as a dotted key, in order: ['data.tokenizer', ..., 'train.steps', ...]."""
+    keys = []
+    for name, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += config_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
 def parse_arg(arg: str | None, **defaults):
     """'a=1,b=x,flag' -> ConfigDict(a=1, b='x', flag=True), typed like `defaults`.
 

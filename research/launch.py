@@ -6,6 +6,7 @@ Multi-host runs start one process per host, each with the same command plus
 """
 
 import contextlib
+import difflib
 import sys
 
 import jax
@@ -34,6 +35,46 @@ def config_overrides(flag_name: str = "config") -> dict:
     return {
         name[len(prefix) :]: values[name].value for name in values if name.startswith(prefix) and values[name].present
     }
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (pass as app.run's flags_parser), with an unknown `--config.KEY` ended as
+    one line naming the key and the nearest valid ones; ml_collections raises it as an
+    AttributeError from deep inside flag parsing, which would print a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError):
+        message = unknown_override(argv)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def unknown_override(argv: list[str], flag_name: str = "config") -> str | None:
+    """The first `--config.KEY` in argv that get_config(arg) of the `--config` file lacks, as a message
+    with the nearest valid keys; None when every key exists (or argv names no config file)."""
+    from research.config import config_keys
+    from research.experiment import has_key, load_experiment
+
+    spec, keys = None, []
+    for i, a in enumerate(argv[1:], start=1):
+        if a == f"--{flag_name}" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif a.startswith(f"--{flag_name}="):
+            spec = a.partition("=")[2]
+        elif a.startswith(f"--{flag_name}."):
+            keys.append(a[len(flag_name) + 3 :].partition("=")[0])
+    if spec is None:
+        return None
+    module, arg = load_experiment(spec)
+    config = module.get_config(arg)
+    for key in keys:
+        if not has_key(config, key):
+            nearest = difflib.get_close_matches(key, config_keys(config), n=3, cutoff=0.6)
+            hint = f"; nearest: {', '.join(nearest)}" if nearest else ""
+            return f"--{flag_name}.{key} is not a config key of {spec}{hint}"
+    return None
 
 
 @contextlib.contextmanager

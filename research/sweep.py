@@ -16,7 +16,7 @@ Multi-host: the same flags as research.main (research/launch.py), on every host.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from research.launch import clean_exit, config_overrides, maybe_initialize_distributed
+from research.launch import clean_exit, config_overrides, maybe_initialize_distributed, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment file: path.py[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "One sub-directory per run, plus the analysis.")
@@ -37,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

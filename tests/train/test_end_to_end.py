@@ -152,6 +152,30 @@ def test_bad_override_names_the_key(flag, message):
         parse_config(flag)
 
 
+def test_unknown_override_names_the_nearest_keys():
+    from research.launch import unknown_override
+
+    quick = ["research.main", "--config=experiments/quickstart.py"]
+    message = unknown_override([*quick, "--config.train.steps=3", "--config.model.atention=dense"])
+    assert message.startswith("--config.model.atention is not a config key of experiments/quickstart.py")
+    assert "nearest: model.attention" in message
+    sweep = ["research.sweep", "--config", "experiments/tokenizers.py:steps=3", "--config.trian.steps", "3"]
+    assert "nearest: train.steps" in unknown_override(sweep)  # `--flag value` forms, an experiment's arg
+    assert "nearest" not in unknown_override([*quick, "--config.zzzzzz=1"])  # nothing close: no guess
+    assert unknown_override([*quick, "--config.train.steps=3"]) is None  # every key exists
+    assert unknown_override(["research.main", "--config.model.x=1"]) is None  # no config file named
+
+
+def test_unknown_override_exits_2_with_one_line(tmp_path, data_dir):
+    result = run(main_command(tmp_path / "run", data_dir, "--config.model.atention=dense"), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --config.model.atention is not a config key of experiments/quickstart.py; "
+        "nearest: model.attention, model.position, model.norm"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "flag,message",
     [
