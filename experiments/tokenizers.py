@@ -136,21 +136,33 @@ def analyze(workdir, runs, arg=None):
     _plot(rows, workdir / "tokenizers.png")
 
 
+def plot_seeds(workdir, merged, arg=None):
+    """tokenizers.png again from every seed's rows: mean bits per byte with ± std error bars."""
+    del arg
+    _plot(merged, workdir / "tokenizers.png")
+
+
 def _plot(rows, path):
+    """Bits per byte vs tokens per byte, a line per tokenizer kind; merged rows get ± std error bars."""
     from matplotlib.figure import Figure  # no pyplot: no display needed, caller's backend untouched
+
+    from research.stats import mean_err
 
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
     for kind in dict.fromkeys(r["tokenizer"] for r in rows):
         pts = sorted(
-            (r["tokens_per_byte"], r["bits_per_byte"], r["vocab_size"]) for r in rows if r["tokenizer"] == kind
+            (*mean_err(r["tokens_per_byte"]), *mean_err(r["bits_per_byte"]), r["vocab_size"])
+            for r in rows
+            if r["tokenizer"] == kind
         )
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kind)
-        for x, y, v in pts:
-            ax.annotate(f"{v:,}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("tokens per byte (sequence length)")
+        x, x_err, y, y_err, vocab = zip(*pts, strict=True)
+        ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt="o-", capsize=3, label=kind)
+        for xi, yi, v in zip(x, y, vocab, strict=True):
+            ax.annotate(f"{v:,}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("tokens per byte of held-out text")
     ax.set_ylabel("validation bits per byte")
-    ax.set_title("Tokenizers at equal compute (labels: vocabulary size)")
+    ax.set_title("Tokenizers at equal compute (labels: vocabulary size; bars: ± std over seeds)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

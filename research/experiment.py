@@ -11,7 +11,10 @@ what `python -m research.main --config FILE[:arg]` trains) and optionally:
   WORKDIR/<stage>/<run name>; a stage reads earlier stages' workdirs through
   `inputs` ({dotted key: stage name}, e.g. {"train.init_from": "pretrain"});
 - `analyze(workdir, runs, arg)`: writes the results table and plots from the
-  finished runs (a list of `Run`).
+  finished runs (a list of `Run`), and results.json, which several seeds merge;
+- `plot_seeds(workdir, merged, arg)`: the plots again from the seeds' merged
+  results (research/stats.py: numbers that vary are {"mean", "std", ...}), with
+  error bars.
 
 `python -m research.sweep` runs them (research/sweep.py): every run takes the
 command line's `--config.*` overrides, finished runs are skipped, unfinished
@@ -235,7 +238,9 @@ def run_experiment(
     if len(failed) == seeds:
         raise RuntimeError(f"every seed of the experiment failed: {failed}")
     if not only and hasattr(experiment, "analyze"):
-        merge_seeds(workdir, list(plans), failed)
+        record = merge_seeds(workdir, list(plans), failed)
+        if record and hasattr(experiment, "plot_seeds"):
+            experiment.plot_seeds(epath.Path(workdir), record["results"], arg)
     return [run for runs in plans.values() for run in runs]
 
 

@@ -28,6 +28,11 @@ def is_summary(x) -> bool:
     return isinstance(x, dict) and set(x) == {"mean", "std", "n", "values"}
 
 
+def mean_err(x) -> tuple[float, float]:
+    """(mean, std) of a summary, (x, 0) of a plain number: what a plot's error bar needs from a merged cell."""
+    return (x["mean"], x["std"]) if is_summary(x) else (float(x), 0.0)
+
+
 def separated(a, b) -> bool:
     """Whether the mean ± std intervals of two summaries (or plain numbers) do not overlap.
 

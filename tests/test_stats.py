@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from research.stats import merge_results, results_markdown, separated, summarize
+from research.stats import mean_err, merge_results, results_markdown, separated, summarize
 
 
 def test_summarize_against_the_textbook():
@@ -10,6 +10,7 @@ def test_summarize_against_the_textbook():
     assert s["mean"] == 2.5 and s["n"] == 4 and s["values"] == [1.0, 2.0, 3.0, 4.0]
     assert s["std"] == pytest.approx(math.sqrt(5 / 3))  # sample std, ddof = 1
     assert summarize([7])["std"] == 0.0
+    assert mean_err(s) == (2.5, s["std"]) and mean_err(3) == (3.0, 0.0)
     with pytest.raises(ValueError):
         summarize([])
 

@@ -179,6 +179,7 @@ def _seeded_experiment(train_log, crash=lambda config, workdir: False):
     experiment = types.SimpleNamespace(
         get_stages=lambda arg: [Stage("a", config), Stage("b", config, inputs={"train.init_from": "a"})],
         analyze=analyze,
+        plot_seeds=lambda workdir, merged, arg: train_log.append(("plot_seeds", workdir, merged)),
     )
     return experiment, fake_train, loop
 
@@ -190,6 +191,8 @@ def test_seeds_run_the_experiment_per_seed_and_merge(tmp_path, monkeypatch):
     experiment, fake_train, loop = _seeded_experiment(log)
     monkeypatch.setattr(loop, "train", fake_train)
     runs = run_experiment(experiment, None, tmp_path, {"train.seed": 10}, seeds=3)
+    plotted = log.pop()
+    assert plotted[:2] == ("plot_seeds", tmp_path)  # the experiment's own plots from the merged results
 
     # Each seed is the whole experiment in WORKDIR/seed=<i>, train.seed raised by i, inputs within the seed.
     assert [(r.workdir, r.config.train.seed) for r in runs] == [
@@ -207,8 +210,22 @@ def test_seeds_run_the_experiment_per_seed_and_merge(tmp_path, monkeypatch):
     assert row["name"] == "a" and row["params"] == 100 and row["sample"] == "same text"  # equal in every seed
     assert row["accuracy"]["n"] == 3 and row["accuracy"]["values"] == pytest.approx([1.5, 1.6, 1.7])
     assert row["accuracy"]["mean"] == pytest.approx(1.6) and row["accuracy"]["std"] == pytest.approx(0.1)
+    assert plotted[2] == merged["results"]
     text = (tmp_path / "results.md").read_text()
     assert "3 of 3 seeds" in text and "| a | 1.6 ± 0.1 | 100 | same text |" in text
+
+
+def test_tokenizers_plot_takes_merged_rows(tmp_path):
+    from research.stats import merge_results
+
+    experiment, _ = load_experiment("experiments/tokenizers.py")
+    rows = [
+        dict(tokenizer="bpe", vocab_size=v, tokens_per_byte=t, bits_per_byte=3.0 - t)
+        for v, t in ((512, 0.5), (1024, 0.4))
+    ]
+    per_seed = {i: [dict(r, bits_per_byte=r["bits_per_byte"] + 0.01 * i) for r in rows] for i in range(3)}
+    experiment.plot_seeds(tmp_path, merge_results(per_seed))
+    assert (tmp_path / "tokenizers.png").stat().st_size > 1000
 
 
 def test_a_crashing_seed_is_reported_and_the_others_kept(tmp_path, monkeypatch):
@@ -221,6 +238,7 @@ def test_a_crashing_seed_is_reported_and_the_others_kept(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(loop, "train", fake_train)
     run_experiment(experiment, None, tmp_path, seeds=3)
+    log.pop()  # plot_seeds
     failed = tmp_path / "seed=1" / "FAILED"
     assert "RuntimeError: boom at seed 1" in failed.read_text() and "Traceback" in failed.read_text()
     assert not (tmp_path / "seed=1" / "results.json").exists()  # its analysis did not run
