@@ -170,23 +170,36 @@ def analyze(workdir, runs, arg=None):
     _plot(rows, workdir / "attention_variants.png")
 
 
+def plot_seeds(workdir, merged, arg=None):
+    """attention_variants.png again from every seed's rows: mean per variant with ± std error bars."""
+    del arg
+    _plot(merged, workdir / "attention_variants.png")
+
+
 def _plot(rows, path):
+    """A bar per variant (its own colour in every panel) for LM loss, speed and recall; merged rows get ± std bars."""
     from matplotlib.figure import Figure  # no pyplot: no display needed, caller's backend untouched
+
+    from research.stats import mean_err
 
     fig = Figure(figsize=(10, 3.6))
     axes = fig.subplots(1, 3)
     names = [r["variant"] for r in rows]
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
     panels = [
-        ("lm_loss", "LM validation loss (nats/byte)"),
-        ("tokens_per_sec", "LM training tokens/s"),
-        ("recall_accuracy", "key recall accuracy"),
+        ("lm_loss", "LM validation loss", "nats per byte"),
+        ("tokens_per_sec", "LM training throughput", "tokens / s"),
+        ("recall_accuracy", "key recall accuracy", "fraction of answers right"),
     ]
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        ax.bar(names, [r.get(key, 0.0) for r in rows], color="tab:blue")
+    for ax, (key, title, unit) in zip(axes, panels, strict=True):
+        mean, err = zip(*(mean_err(r.get(key, float("nan"))) for r in rows), strict=True)
+        ax.bar(names, mean, yerr=err, capsize=3, color=[colors[n] for n in names])
         ax.set_title(title, fontsize=9)
+        ax.set_ylabel(unit)
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-    axes[2].axhline(1 / 26, color="tab:red", linestyle="--", label="chance (1/26)")
+    axes[2].axhline(1 / 26, color="k", linestyle="--", label="chance (1/26)")
     axes[2].set_ylim(0, 1)
     axes[2].legend(fontsize=8)
+    fig.suptitle("Attention variants at equal budget (bars: ± std over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

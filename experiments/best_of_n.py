@@ -119,27 +119,50 @@ def analyze(workdir, runs, arg=None):
         lines.append(f"| {row['n']} | {row['analytic_kl']:.3f} | {cells} | {row['random']:.3f} |")
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    _plot(table, names, workdir / "best_of_n.png")
+    _plot(table, workdir / "best_of_n.png")
 
 
-def _plot(table, names, path):
+def plot_seeds(workdir, merged, arg=None):
+    """best_of_n.png again from every seed's table: mean curves with ± std bands over seeds."""
+    del arg
+    _plot(merged["table"], workdir / "best_of_n.png")
+
+
+def _curve(ax, x, cells, style, color, label):
+    """One curve of means with a ± std band (none where the cells are plain numbers: one seed)."""
+    import numpy as np
+
+    from research.stats import mean_err
+
+    mean, err = np.array([mean_err(c) for c in cells]).T
+    ax.plot(x, mean, style, color=color, label=label)
+    ax.fill_between(x, mean - err, mean + err, color=color, alpha=0.2, linewidth=0)
+
+
+def _plot(table, path):
+    """Left: gold reward of each scorer's pick vs analytic KL; right: measured vs analytic KL per N.
+
+    The scorers are the table's columns that have a " kl" twin, in order; each keeps its colour in both panels."""
     from matplotlib.figure import Figure
 
+    names = [k for k in table[0] if f"{k} kl" in table[0]]
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
     kl = [r["analytic_kl"] for r in table]
-    for i, name in enumerate(names):
-        left.plot(kl, [r[name] for r in table], "o-", color=f"C{i}", label=name)
-        right.plot([r["n"] for r in table], [r[name + " kl"] for r in table], "o-", color=f"C{i}", label=name)
-    left.plot(kl, [r["random"] for r in table], "--", color="grey", label="random choice")
-    right.plot([r["n"] for r in table], kl, "k--", label="log N - (N-1)/N")
-    left.set_xlabel("KL(best-of-N || base), analytic, nats")
-    left.set_ylabel("gold reward of the pick")
-    left.set_title("Best-of-N: gold reward of what each scorer picks")
+    ns = [r["n"] for r in table]
+    for name in names:
+        _curve(left, kl, [r[name] for r in table], "o-", colors[name], name)
+        _curve(right, ns, [r[name + " kl"] for r in table], "o-", colors[name], name)
+    _curve(left, kl, [r["random"] for r in table], "--", "grey", "random choice")
+    right.plot(ns, kl, "k--", label="log N - (N-1)/N")
+    left.set_xlabel("KL(best-of-N || base), analytic (nats)")
+    left.set_ylabel("gold reward of the pick (mean over prompts)")
+    left.set_title("Best-of-N: gold reward of what each scorer picks", fontsize=10)
     right.set_xscale("log", base=2)
-    right.set_xlabel("N")
-    right.set_ylabel("KL, nats")
-    right.set_title("measured vs analytic KL")
+    right.set_xlabel("N (samples per prompt)")
+    right.set_ylabel("KL(best-of-N || base) (nats)")
+    right.set_title("measured vs analytic KL (bands: ± std over seeds)", fontsize=10)
     for ax in (left, right):
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -94,15 +94,39 @@ def analyze(workdir, runs, arg=None):
         lines.append(f"| {label} | {r['thinking']:.1f} | {r['accuracy']:.3f} |")
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot(rows, workdir / "cot_length.png")
+
+
+def plot_seeds(workdir, merged, arg=None):
+    """cot_length.png again from every seed's rows: mean accuracy and thinking tokens with ± std error bars."""
+    del arg
+    _plot(merged, workdir / "cot_length.png")
+
+
+def _plot(rows, path):
+    """Accuracy vs mean thinking tokens, a curve per budget-forcing method, points labelled by B or m;
+    merged rows get ± std error bars on both axes."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 3.5))
+    from research.stats import mean_err
+
+    fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
-    for method, style in (("cap", "o-"), ("waits", "s--")):
+    methods = {"cap": ("o-", "cap at B tokens", "B"), "waits": ("s--", "m Waits appended", "m")}
+    colors = {method: f"C{i}" for i, method in enumerate(methods)}
+    for method, (style, label, letter) in methods.items():
         mine = [r for r in rows if r["method"] == method]
-        ax.plot([r["thinking"] for r in mine], [r["accuracy"] for r in mine], style,
-                label="cap at B tokens" if method == "cap" else "m Waits appended")  # fmt: skip
-    ax.set(xlabel="mean thinking tokens", ylabel="held-out accuracy", title="accuracy vs CoT length")
-    ax.legend()
+        if not mine:
+            continue
+        x, x_err = zip(*(mean_err(r["thinking"]) for r in mine), strict=True)
+        y, y_err = zip(*(mean_err(r["accuracy"]) for r in mine), strict=True)
+        ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt=style, capsize=3, color=colors[method], label=label)
+        for xi, yi, r in zip(x, y, mine, strict=True):
+            ax.annotate(f"{letter}={r['value']}", (xi, yi), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color=colors[method])  # fmt: skip
+    ax.set(xlabel="mean thinking tokens per answer (tokens)", ylabel="held-out accuracy (fraction, greedy)",
+           ylim=(-0.02, 1.05), title="accuracy vs CoT length (bars: ± std over seeds)")  # fmt: skip
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(workdir / "cot_length.png", dpi=100)
+    fig.savefig(path, dpi=100)

@@ -80,13 +80,32 @@ def analyze(workdir, runs, arg=None):
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot(rows, workdir / "cot_vs_direct.png")
+
+
+def plot_seeds(workdir, merged, arg=None):
+    """cot_vs_direct.png again from every seed's results: mean accuracy per length with ± std error bars."""
+    del arg
+    _plot(merged, workdir / "cot_vs_direct.png")
+
+
+def _plot(rows, path):
+    """Accuracy vs operand digits, a curve per run ({label: {digits: cells}}, digits as ints or, read back
+    from results.json, strings); merged results get ± std error bars."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 3.5))
+    from research.stats import mean_err
+
+    fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
+    colors = {label: f"C{i}" for i, label in enumerate(rows)}
     for label, r in rows.items():
-        ax.plot(digits, [r[d]["accuracy"] for d in digits], "o-", label=label)
-    ax.set(xlabel="operand digits", ylabel="held-out accuracy (greedy)", title="CoT vs direct, same model")
-    ax.legend()
+        digits = sorted(r, key=int)
+        y, y_err = zip(*(mean_err(r[d]["accuracy"]) for d in digits), strict=True)
+        ax.errorbar([int(d) for d in digits], y, yerr=y_err, fmt="o-", capsize=3, color=colors[label], label=label)
+    ax.set(xlabel="operand digits (problem length)", ylabel="held-out accuracy (fraction, greedy)", ylim=(-0.02, 1.05),
+           title="CoT vs direct, same model (bars: ± std over seeds)")  # fmt: skip
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(workdir / "cot_vs_direct.png", dpi=100)
+    fig.savefig(path, dpi=100)

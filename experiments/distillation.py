@@ -141,17 +141,31 @@ def analyze(workdir, runs, arg=None):
     _plot(rows, workdir / "distillation.png")
 
 
+def plot_seeds(workdir, merged, arg=None):
+    """distillation.png again from every seed's rows: mean validation curves with ± std bands over seeds."""
+    del arg
+    _plot(merged, workdir / "distillation.png")
+
+
 def _plot(rows, path):
+    """Validation loss vs student step, a curve per student (its own colour); merged rows get ± std bands."""
+    import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no display needed
+
+    from research.stats import mean_err
 
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
+    colors = {r["name"]: f"C{i}" for i, r in enumerate(rows)}
     for r in rows:
         label = "hard labels" if r["temperature"] is None else f"T={r['temperature']:g}, alpha={r['alpha']:g}"
-        ax.plot([s for s, _ in r["curve"]], [v for _, v in r["curve"]], "o-", label=label)
-    ax.set_xlabel("student step")
-    ax.set_ylabel("validation loss (hard-label NLL)")
-    ax.set_title("Student: hard labels vs the teacher's soft labels")
+        steps = [mean_err(s)[0] for s, _ in r["curve"]]
+        loss, err = np.array([mean_err(v) for _, v in r["curve"]]).T
+        ax.plot(steps, loss, "o-", color=colors[r["name"]], label=label)
+        ax.fill_between(steps, loss - err, loss + err, color=colors[r["name"]], alpha=0.2, linewidth=0)
+    ax.set_xlabel("student step (optimizer updates)")
+    ax.set_ylabel("validation loss (hard-label NLL, nats per byte)")
+    ax.set_title("Student: hard labels vs the teacher's soft labels (bands: ± std over seeds)", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -38,6 +38,7 @@ SCALES = {
 }
 EVAL_EVERY = 25
 MAX_NEW_TOKENS = 10
+ROLLOUT_KEYS = ("step", "reward", "tied_groups", "kl", "response_length")  # results.json["rollouts"]
 
 
 def _arg(arg):
@@ -104,7 +105,9 @@ def analyze(workdir, runs, arg=None):
     curve = [dict(step=m["step"], accuracy=m["eval_gold_reward"], kl=m["eval_kl"],
                   length=m["eval_response_length"]) for m in evals]  # fmt: skip
     sft = [m for m in read_metrics(next(r for r in runs if r.stage == "sft").workdir) if "exact_match" in m]
-    (workdir / "results.json").write_text(json.dumps(dict(eval=curve, sft=sft[-1:]), indent=1))
+    rollouts = [{k: m[k] for k in ROLLOUT_KEYS} for m in steps]  # a few numbers per logged step: for plot_seeds
+    results = dict(eval=curve, sft=sft[-1:], rollouts=rollouts)
+    (workdir / "results.json").write_text(json.dumps(results, indent=1))
     lines = [
         f"SFT model: greedy exact match {sft[-1]['exact_match']:.3f} on its held-out prompts." if sft else "",
         "",
@@ -114,24 +117,46 @@ def analyze(workdir, runs, arg=None):
     lines += [f"| {c['step']} | {c['accuracy']:.3f} | {c['kl']:.3f} | {c['length']:.2f} |" for c in curve]
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    _plot(curve, steps, workdir / "grpo_verifiable.png")
+    _plot(results, workdir / "grpo_verifiable.png")
 
 
-def _plot(curve, steps, path):
+def plot_seeds(workdir, merged, arg=None):
+    """grpo_verifiable.png again from every seed's results: mean curves with ± std bands over seeds."""
+    del arg
+    _plot(merged, workdir / "grpo_verifiable.png")
+
+
+def _plot(results, path):
+    """Held-out accuracy, rollout reward, KL and answer length vs RL step, from results.json's "eval" and
+    "rollouts" (absent from results written before it was added: those panels stay empty); merged results
+    get ± std bands."""
+    import numpy as np
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 3.5))
-    acc, rew, kl = fig.subplots(1, 3)
-    acc.plot([c["step"] for c in curve], [c["accuracy"] for c in curve], "o-", color="C0")
-    acc.set_title("held-out accuracy (sampled)")
-    rew.plot([m["step"] for m in steps], [m["reward"] for m in steps], color="C1", label="reward")
-    rew.plot([m["step"] for m in steps], [m["tied_groups"] for m in steps], color="C2", label="groups all tied")
-    rew.set_title("rollouts")
+    from research.stats import mean_err
+
+    def curve(ax, rows, key, color, label=None):
+        x = [mean_err(r["step"])[0] for r in rows]
+        mean, err = np.array([mean_err(r[key]) for r in rows]).reshape(-1, 2).T
+        ax.plot(x, mean, "o-" if len(rows) < 30 else "-", color=color, markersize=3, label=label)
+        ax.fill_between(x, mean - err, mean + err, color=color, alpha=0.2, linewidth=0)
+
+    rollouts = results.get("rollouts", [])
+    fig = Figure(figsize=(14, 3.6))
+    acc, rew, kl, length = fig.subplots(1, 4)
+    curve(acc, results["eval"], "accuracy", "C0")
+    acc.set(title="held-out accuracy (sampled, T=1)", ylabel="exact match (fraction of answers)")
+    curve(rew, rollouts, "reward", "C1", "reward")
+    curve(rew, rollouts, "tied_groups", "C2", "groups all tied")
+    rew.set(title="rollouts", ylabel="mean reward; fraction of groups")
     rew.legend(fontsize=7)
-    kl.plot([m["step"] for m in steps], [m["kl"] for m in steps], color="C3", label="KL to SFT (per answer)")
-    kl.plot([m["step"] for m in steps], [m["response_length"] for m in steps], color="C4", label="answer tokens")
-    kl.legend(fontsize=7)
-    for ax in (acc, rew, kl):
+    curve(kl, rollouts, "kl", "C3")
+    kl.set(title="rollouts: KL to SFT", ylabel="KL per answer (nats)")
+    curve(length, rollouts, "response_length", "C4")
+    length.set(title="rollouts: answer length", ylabel="tokens per answer")
+    for ax in (acc, rew, kl, length):
         ax.set_xlabel("RL step (optimizer updates)")
+        ax.title.set_fontsize(9)
+    fig.suptitle("GRPO from a weak SFT model (bands: ± std over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

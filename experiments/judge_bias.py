@@ -378,36 +378,64 @@ def _table(results):
     return lines
 
 
+def plot_seeds(workdir, merged, arg=None):
+    """judge_bias.png again from every training seed's results: bars widen to the spread over seeds too."""
+    del arg
+    _plot(merged, workdir / "judge_bias.png")
+
+
+def _spread(cell):
+    """(mean, error bar) of a probe's {"mean", "std"} over EVAL_SEEDS draws. In one seed's results the bar is
+    that std; merged over training seeds (each field then a summary, or plain where equal in every seed) it
+    is the std over seeds of the mean combined with the mean std over draws: sqrt(s_seeds**2 + s_draws**2)."""
+    import math
+
+    from research.stats import mean_err
+
+    mean, seed_std = mean_err(cell["mean"])
+    return mean, math.hypot(seed_std, mean_err(cell["std"])[0])
+
+
 def _plot(results, path):
+    """Left: each judge's biases before (bars) and after (dots) their mitigations; right: gold agreement of
+    the judges next to ROUGE's. A colour per judge in both panels; error bars from `_spread`."""
     import numpy as np
     from matplotlib.figure import Figure
 
     names = list(results["judges"])
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
     groups = (
         ("first-pos. win", "first_win_rate", None),
         ("padded wins (filler)", "verbosity_filler", "verbosity_filler_penalized"),
         ("padded wins (repeat)", "verbosity_repeat", "verbosity_repeat_penalized"),
         ("self-preference", "self_preference", "other_base_preference"),
     )
-    fig = Figure(figsize=(12, 4))
+    fig = Figure(figsize=(12, 4.2))
     bias, agree = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     x = np.arange(len(groups))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         r = results["judges"][name]
-        before = [r[b]["mean"] for _, b, _ in groups]
-        after = [r[a]["mean"] if a else 0.5 for _, _, a in groups]  # swap-averaging: 0.5 by construction
-        bias.bar(x + i * width, before, width * 0.9, color=f"C{i}", alpha=0.45, label=f"{name}: before")
-        bias.scatter(x + i * width, after, color=f"C{i}", marker="o", edgecolor="k", zorder=3)
+        before, before_err = zip(*(_spread(r[b]) for _, b, _ in groups), strict=True)
+        # swap-averaging: 0.5 by construction
+        after, after_err = zip(*(_spread(r[a]) if a else (0.5, 0.0) for _, _, a in groups), strict=True)
+        bias.bar(x + i * width, before, width * 0.9, yerr=before_err, capsize=3, color=colors[name], alpha=0.45,
+                 label=f"{name}: before")  # fmt: skip
+        bias.errorbar(x + i * width, after, yerr=after_err, fmt="o", capsize=3, color=colors[name], mec="k", zorder=3)
     bias.axhline(0.5, color="k", lw=0.8, ls="--")
     bias.set_xticks(x + 0.4 - width / 2, [g for g, _, _ in groups])
-    bias.set(ylim=(0, 1), ylabel="rate", title="biases: bars before, dots after the mitigation")
+    bias.set(ylim=(0, 1.05), ylabel="rate (fraction of probe pairs)")
+    bias.set_title("biases: bars before, dots after the mitigation (± std over draws and seeds)", fontsize=10)
     bias.legend(fontsize=7)
     labels = [*names, *(f"ROUGE-{k[5:]}" for k in results["rouge"])]
-    values = [results["judges"][n]["agreement_swap_averaged"]["mean"] for n in names]
-    values += [v["agreement"]["mean"] for v in results["rouge"].values()]
-    agree.barh(labels, values, color=[f"C{i}" for i in range(len(names))] + ["grey"] * len(results["rouge"]))
+    cells = [results["judges"][n]["agreement_swap_averaged"] for n in names]
+    cells += [v["agreement"] for v in results["rouge"].values()]
+    values, errors = zip(*(_spread(c) for c in cells), strict=True)
+    agree.barh(
+        labels, values, xerr=errors, capsize=3, color=[colors[n] for n in names] + ["grey"] * len(results["rouge"])
+    )
     agree.axvline(0.5, color="k", lw=0.8, ls="--")
-    agree.set(xlim=(0, 1), xlabel="agreement with gold", title="judge vs ROUGE")
+    agree.set(xlim=(0, 1.05), xlabel="agreement with gold (fraction of pairs)")
+    agree.set_title("judge vs ROUGE", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

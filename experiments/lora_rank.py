@@ -201,26 +201,48 @@ def analyze(workdir, runs, arg=None):
     _plot(rows, workdir / "lora_rank.png")
 
 
+def plot_seeds(workdir, merged, arg=None):
+    """lora_rank.png again from every seed's rows: mean loss and exact match with ± std error bars."""
+    del arg
+    _plot(merged, workdir / "lora_rank.png")
+
+
+def _method(name: str) -> str:
+    return "lora" if name.startswith("lora") else name
+
+
 def _plot(rows, path):
+    """Validation loss and exact match vs trainable parameters, a colour and marker per method (the LoRA ranks
+    joined by a line); merged rows get ± std error bars."""
     from matplotlib.figure import Figure  # no pyplot: no display needed, caller's backend untouched
 
+    from research.stats import mean_err
+
+    methods = list(dict.fromkeys(_method(r["name"]) for r in rows))
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    markers = {"full": "s", "lora": "o"}
     fig = Figure(figsize=(11, 4))
     for ax, key, label in zip(
         fig.subplots(1, 2),
         ("eval_loss", "exact_match"),
-        ("validation loss on response tokens", "exact match (held-out prompts)"),
+        ("validation loss on response tokens (nats per byte)", "exact match (fraction of held-out prompts)"),
         strict=True,
     ):
-        for r in rows:
-            marker = "s" if r["name"] == "full" else ("o" if r["name"].startswith("lora") else "^")
-            ax.plot(r["trainable_params"], r[key], marker, color="C0" if marker == "o" else "C1")
-            ax.annotate(r["name"], (r["trainable_params"], r[key]), textcoords="offset points", xytext=(4, 3),
-                        fontsize=7)  # fmt: skip
-        lora = sorted((r["trainable_params"], r[key]) for r in rows if r["name"].startswith("lora"))
-        ax.plot([p for p, _ in lora], [v for _, v in lora], "-", color="C0", alpha=0.5)
+        for method in methods:
+            mine = sorted(
+                (mean_err(r["trainable_params"])[0], *mean_err(r[key]), r["name"])
+                for r in rows
+                if _method(r["name"]) == method
+            )
+            params, mean, err, names = zip(*mine, strict=True)
+            ax.errorbar(params, mean, yerr=err, fmt=markers.get(method, "^") + ("-" if len(mine) > 1 else ""),
+                        capsize=3, color=colors[method], label=method)  # fmt: skip
+            for p, v, name in zip(params, mean, names, strict=True):
+                ax.annotate(name, (p, v), textcoords="offset points", xytext=(4, 3), fontsize=7)
         ax.set_xscale("log")
-        ax.set_xlabel("trainable parameters")
+        ax.set_xlabel("trainable parameters (count, log scale)")
         ax.set_ylabel(label)
-    fig.suptitle("Instruction tuning: full vs LoRA rank vs prefix vs adapters")
+        ax.legend(fontsize=7)
+    fig.suptitle("Instruction tuning: full vs LoRA rank vs prefix vs adapters (bars: ± std over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

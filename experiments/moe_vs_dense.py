@@ -208,22 +208,38 @@ def _interleaved_tokens_per_sec(run_dirs, rounds: int = 5, steps: int = 3) -> li
     return [rounds * steps * int(job[2]["tokens"].size) / job[3] for job in jobs]
 
 
+def plot_seeds(workdir, merged, arg=None):
+    """moe_vs_dense.png again from the seeds' merged rows: mean curves with ± std bands over seeds."""
+    del arg
+    _plot(merged, workdir / "moe_vs_dense.png")
+
+
 def _plot(rows, path):
+    """Validation loss and load imbalance vs step, one colour per run; merged rows get ± std bands."""
+    import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no display needed, caller's backend untouched
 
+    from research.stats import mean_err
+
+    colors = {run: f"C{i}" for i, run in enumerate(RUNS)}  # one colour per run in both panels
     fig = Figure(figsize=(11, 4))
     loss_ax, load_ax = fig.subplots(1, 2)
-    for i, r in enumerate(rows):  # one colour per run in both panels
-        loss_ax.plot(*zip(*r["eval_curve"], strict=True), "o-", color=f"C{i}", label=r["run"])
-        if r["imbalance_curve"]:
-            load_ax.plot(*zip(*r["imbalance_curve"], strict=True), "o-", color=f"C{i}", label=r["run"])
-    loss_ax.set_xlabel("step")
+    for r in rows:
+        for ax, key in ((loss_ax, "eval_curve"), (load_ax, "imbalance_curve")):
+            if not r[key]:  # dense runs have no router
+                continue
+            steps = [s for s, _ in r[key]]
+            mean, std = (np.array(v) for v in zip(*(mean_err(y) for _, y in r[key]), strict=True))
+            color = colors.get(r["run"])
+            ax.plot(steps, mean, "o-", color=color, label=r["run"])
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+    loss_ax.set_xlabel("training step")
     loss_ax.set_ylabel("validation loss (nats / token)")
-    load_ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)  # perfectly balanced
-    loss_ax.set_title("Same tokens: dense vs MoE")
+    loss_ax.set_title("Same tokens: dense vs MoE (bands: ± std over seeds)")
     loss_ax.legend()
-    load_ax.set_xlabel("step")
-    load_ax.set_ylabel("E · max_i load_i (1 = balanced)")
+    load_ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)  # perfectly balanced
+    load_ax.set_xlabel("training step")
+    load_ax.set_ylabel("E · max_i load_i (1 = balanced; no unit)")
     load_ax.set_title("Load imbalance (per MoE layer, mean over layers)")
     load_ax.legend()
     fig.tight_layout()

@@ -178,24 +178,38 @@ def _base_point(base_dir, runs) -> dict:
     return {"gold_reward": float(np.mean(gold)), "samples": len(gold)}
 
 
+METHODS = {"ppo_rm": "PPO, learned RM", "ppo_gold": "PPO, gold reward", "dpo": "DPO"}  # plot order and labels
+
+
+def plot_seeds(workdir, merged, arg=None):
+    """frontier.png again from the seeds' merged results: mean points with ± std error bars in KL and reward."""
+    del arg
+    _plot(merged["runs"], merged["base"], workdir / "frontier.png")
+
+
 def _plot(rows, base, path):
+    """Gold reward vs KL, one colour per method, betas labelled; merged rows get ± std error bars."""
     from matplotlib.figure import Figure
+
+    from research.stats import mean_err
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    labels = {"ppo_rm": "PPO, learned RM", "ppo_gold": "PPO, gold reward", "dpo": "DPO"}
-    for i, (method, label) in enumerate(labels.items()):
-        points = sorted((r["eval_kl"], r["eval_gold_reward"], r["beta"]) for r in rows
+    for i, (method, label) in enumerate(METHODS.items()):
+        points = sorted((*mean_err(r["eval_kl"]), *mean_err(r["eval_gold_reward"]), r["beta"]) for r in rows
                         if r["method"] == method and r["eval_kl"] is not None)  # fmt: skip
         if not points:
             continue
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=f"C{i}", label=label)
-        for kl, gold, beta in points:
-            ax.annotate(f"{beta}", (kl, gold), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.axhline(base["gold_reward"], color="grey", ls=":", label="base (SFT)")
+        kl, kl_err, gold, gold_err, betas = zip(*points, strict=True)
+        ax.errorbar(kl, gold, xerr=kl_err, yerr=gold_err, fmt="o-", capsize=3, color=f"C{i}", label=label)
+        for x, y, beta in zip(kl, gold, betas, strict=True):
+            ax.annotate(f"{beta}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    base_mean, base_std = mean_err(base["gold_reward"])
+    ax.axhline(base_mean, color="grey", ls=":", label="base (SFT)")
+    ax.axhspan(base_mean - base_std, base_mean + base_std, color="grey", alpha=0.2, lw=0)
     ax.set_xlabel("KL(policy || base), nats per sequence")
-    ax.set_ylabel("gold reward of held-out continuations")
-    ax.set_title("Reward vs KL frontier (toy sentiment language)")
+    ax.set_ylabel("gold reward of held-out continuations\n((#pos - #neg) / #words, in [-1, 1])")
+    ax.set_title("Reward vs KL frontier (labels: beta; bars: ± std over seeds)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -261,28 +261,61 @@ def write_results(workdir, rows, finetunes, finetune_steps, new_tokens):
     _plot(rows, finetunes, workdir / "quantization.png")
 
 
+def plot_seeds(workdir, merged, arg=None):
+    """quantization.png again from the seeds' merged results: perplexity ± std per format, and the
+    QLoRA - LoRA loss difference with a ± std band of the per-seed differences."""
+    del arg
+    _plot(merged["formats"], merged["finetune"], workdir / "quantization.png")
+
+
+def _paired_difference(a, b) -> tuple[float, float]:
+    """(mean, std) over seeds of a - b, paired seed by seed: merged cells list their values in the same seed
+    order, so the spread is that of the differences (the batch noise both runs share cancels), not of either."""
+    from research.stats import is_summary, mean_err, summarize
+
+    if not (is_summary(a) or is_summary(b)):
+        return float(a) - float(b), 0.0
+    n = (a if is_summary(a) else b)["n"]
+    values_a, values_b = (x["values"] if is_summary(x) else [float(x)] * n for x in (a, b))
+    if len(values_a) != len(values_b):  # a seed without one of them: no pairing, independent spreads
+        (mean_a, std_a), (mean_b, std_b) = mean_err(a), mean_err(b)
+        return mean_a - mean_b, (std_a**2 + std_b**2) ** 0.5
+    d = summarize([x - y for x, y in zip(values_a, values_b, strict=True)])
+    return d["mean"], d["std"]
+
+
 def _plot(rows, finetunes, path):
+    """Perplexity vs stored bytes, one colour per format, and QLoRA - LoRA train loss per step; one seed's
+    results or the seeds' merged ones (± std error bars and band)."""
+    import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no display needed
 
+    from research.stats import mean_err
+
+    colors = {label: f"C{i}" for i, label in enumerate(FORMATS)}
     fig = Figure(figsize=(11, 4))
     ax, ax2 = fig.subplots(1, 2)
     for r in rows:
-        ax.plot(r["weight_bytes"] / 1e6, r["eval_perplexity"], "o")
-        ax.annotate(r["format"], (r["weight_bytes"] / 1e6, r["eval_perplexity"]), fontsize=7, xytext=(4, 2),
-                    textcoords="offset points")  # fmt: skip
+        mb, mb_err = (v / 1e6 for v in mean_err(r["weight_bytes"]))
+        ppl, ppl_err = mean_err(r["eval_perplexity"])
+        ax.errorbar(mb, ppl, xerr=mb_err, yerr=ppl_err, fmt="o", capsize=3, color=colors.get(r["format"]))
+        ax.annotate(r["format"], (mb, ppl), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xlabel("stored weights (MB)")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("Weight-only quantization of one trained LM")
+    ax.set_ylabel("validation perplexity (per token)")
+    ax.set_title("Weight-only quantization of one trained LM (bars: ± std over seeds)", fontsize=9)
     # The two runs see the same batches, so their per-step difference cancels the batch noise
     # that dominates either curve alone.
     (lora, qlora), names = finetunes.values(), list(finetunes)
     lora_curve, qlora_curve = dict(lora["train_curve"]), dict(qlora["train_curve"])
     steps = sorted(set(lora_curve) & set(qlora_curve))
-    ax2.plot(steps, [qlora_curve[s] - lora_curve[s] for s in steps], label=f"{names[1]} - {names[0]}")
+    diff = [_paired_difference(qlora_curve[s], lora_curve[s]) for s in steps]
+    mean, std = (np.array([d[i] for d in diff]) for i in (0, 1))
+    ax2.plot(steps, mean, color="C0", label=f"{names[1]} - {names[0]}")
+    ax2.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.2, lw=0)
     ax2.axhline(0.0, color="gray", lw=0.5)
     ax2.set_xlabel("fine-tuning step")
-    ax2.set_ylabel("train loss difference (same batch)")
-    ax2.set_title("QLoRA vs LoRA")
+    ax2.set_ylabel("train loss difference, same batch\n(nats / response token)")
+    ax2.set_title("QLoRA vs LoRA (band: ± std over seeds)", fontsize=9)
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -229,29 +229,57 @@ def markdown(summary: dict, n_worlds: int, n_questions: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, path) -> None:
+def plot_seeds(workdir, merged, arg=None):
+    """rag.png again from the seeds' merged results: means over seeds, error bars ± std over seeds."""
+    del arg
+    plot(merged["summary"], workdir / "rag.png", over_seeds=True)
+
+
+def _mean_err(cell, over_seeds: bool) -> tuple[float, float]:
+    """(mean, error bar) of a [mean, std over worlds] cell: for one seed the std over the eval worlds; for the
+    seeds' merged cell ([summary of the means, summary of the stds]) the std over seeds of the per-seed means."""
+    from research.stats import mean_err
+
+    return mean_err(cell[0]) if over_seeds else (float(cell[0]), float(cell[1]))
+
+
+def plot(summary: dict, path, over_seeds: bool = False) -> None:
+    """Exact match and recall@k vs k per retriever and chunking, and the gold chunk's position; one seed's
+    summary (bars: std over eval worlds) or the seeds' merged one (over_seeds: bars ± std over seeds)."""
     from matplotlib.figure import Figure
 
-    s = summary
-    fig = Figure(figsize=(13, 3.6))
+    def me(key, metric):
+        return _mean_err(summary[key][metric], over_seeds)
+
+    spread = "± std over seeds" if over_seeds else "± std over eval worlds"
+    fig = Figure(figsize=(13, 3.8))
     em_ax, recall_ax, pos_ax = fig.subplots(1, 3)
-    ks = list(range(1, K_MAX + 1))
-    for (n_c, _), color in zip(CHUNKINGS, ("C0", "C1", "C2"), strict=True):
-        for name, style in (("bm25", "o-"), ("dense", "s--")):
-            em = [s[f"{name}/n_c={n_c}/k={k}"]["exact_match"][0] for k in ks]
-            rec = [s[f"{name}/n_c={n_c}/k={k}"]["recall"][0] for k in ks]
-            em_ax.plot(ks, em, style, color=color, label=f"{name} n_c={n_c}")
-            recall_ax.plot(ks, rec, style, color=color, label=f"{name} n_c={n_c}")
-        em_ax.axhline(s[f"oracle/n_c={n_c}"]["exact_match"][0], color=color, lw=0.8, ls=":")
-    em_ax.axhline(s["closed_book"]["exact_match"][0], color="k", lw=1, label="closed book")
-    em_ax.set(xlabel="top-k", ylabel="exact match", title="answers (dotted: oracle chunk)", xticks=ks)
-    recall_ax.set(xlabel="top-k", ylabel="recall@k", title="retrieval", xticks=ks, ylim=(0, 1.02))
+    ks = np.arange(1, K_MAX + 1)
+    colors = {n_c: f"C{i}" for i, (n_c, _) in enumerate(CHUNKINGS)}  # one colour per chunking in every panel
+    for j, (n_c, _) in enumerate(CHUNKINGS):
+        color = colors[n_c]
+        for m, (name, style) in enumerate((("bm25", "o-"), ("dense", "s--"))):
+            x = ks + 0.04 * (2 * j + m - len(CHUNKINGS) + 0.5)  # side by side: the error bars do not overlap
+            for ax, metric in ((em_ax, "exact_match"), (recall_ax, "recall")):
+                mean, err = zip(*(me(f"{name}/n_c={n_c}/k={k}", metric) for k in ks), strict=True)
+                ax.errorbar(x, mean, yerr=err, fmt=style, capsize=3, color=color, label=f"{name} n_c={n_c}")
+        mean, err = me(f"oracle/n_c={n_c}", "exact_match")
+        em_ax.axhline(mean, color=color, lw=0.8, ls=":")
+        em_ax.axhspan(mean - err, mean + err, color=color, alpha=0.1, lw=0)
+    mean, err = me("closed_book", "exact_match")
+    em_ax.axhline(mean, color="k", lw=1, label="closed book")
+    em_ax.axhspan(mean - err, mean + err, color="k", alpha=0.1, lw=0)
+    em_ax.set(xlabel="top-k (passages in the prompt)", ylabel="exact match (fraction of questions)",
+              title="answers (dotted: oracle chunk)", xticks=ks)  # fmt: skip
+    recall_ax.set(xlabel="top-k (passages in the prompt)", ylabel="recall@k (fraction of questions)",
+                  title=f"retrieval (bars: {spread})", xticks=ks, ylim=(0, 1.02))  # fmt: skip
     em_ax.legend(fontsize=6)
     positions = ("first", "middle", "last")
-    means = [s[f"position={p}"]["exact_match"][0] for p in positions]
-    stds = [s[f"position={p}"]["exact_match"][1] for p in positions]
-    pos_ax.bar(positions, means, yerr=stds, color="C4")
-    pos_ax.set(ylabel="exact match", title=f"gold chunk position (k={K_MAX}, n_c={POSITION_NC})")
+    means, errs = zip(*(me(f"position={p}", "exact_match") for p in positions), strict=True)
+    pos_ax.bar(positions, means, yerr=errs, capsize=3, color=colors.get(POSITION_NC, "C4"))
+    pos_ax.set(xlabel=f"gold chunk's place among {K_MAX - 1} BM25 distractors",
+               ylabel="exact match (fraction of questions)",
+               title=f"gold chunk position (k={K_MAX}, n_c={POSITION_NC})")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -212,24 +212,49 @@ def _table(summary: dict, n: int) -> list[str]:
     return lines
 
 
-def _plot(summary: dict, path) -> None:
+def plot_seeds(workdir, merged, arg=None):
+    """react.png again from the seeds' merged results: means over training seeds, error bars ± std over seeds."""
+    del arg
+    _plot(merged["summary"], workdir / "react.png", over_seeds=True)
+
+
+def _mean_err(cell: dict, over_seeds: bool) -> tuple[float, float]:
+    """(mean, error bar) of a {"mean", "std" over eval draws} cell: for one seed the std over the draws; for the
+    seeds' merged cell (each of its numbers merged over seeds) the std over seeds of the per-seed means."""
+    from research.stats import mean_err
+
+    return mean_err(cell["mean"]) if over_seeds else (float(cell["mean"]), float(cell["std"]))
+
+
+ARM_COLORS = {"direct": "C0", "success": "C1"}  # direct answer, ReAct agent
+SET_COLORS = {name: f"C{i + 2}" for i, name in enumerate(SETS)}  # not the arms' colours: another variable
+
+
+def _plot(summary: dict, path, over_seeds: bool = False) -> None:
+    """Direct vs agent per question set, and the agent's component rates; one seed's summary (bars: std over
+    eval draws) or the seeds' merged one (over_seeds: bars ± std over seeds)."""
     from matplotlib.figure import Figure
 
+    spread = "± std over seeds" if over_seeds else f"± std over {len(EVAL_SEEDS)} eval draws"
     fig = Figure(figsize=(11, 3.8))
     acc, comp = fig.subplots(1, 2)
     x = np.arange(len(summary))
     for offset, key, label in ((-0.2, "direct", "direct answer"), (0.2, "success", "ReAct agent")):
-        acc.bar(x + offset, [s[key]["mean"] for s in summary.values()], 0.4,
-                yerr=[s[key]["std"] for s in summary.values()], label=label)  # fmt: skip
+        mean, err = zip(*(_mean_err(s[key], over_seeds) for s in summary.values()), strict=True)
+        acc.bar(x + offset, mean, 0.4, yerr=err, capsize=3, color=ARM_COLORS[key], label=label)
     acc.set_xticks(x, [name.replace(", ", "\n") for name in summary], fontsize=8)
-    acc.set(ylabel="exact match / success", ylim=(0, 1.05), title="same model: tools vs direct")
+    acc.set(ylabel="exact match / success (fraction of questions)", ylim=(0, 1.05),
+            title=f"same model: tools vs direct (bars: {spread})")  # fmt: skip
+    acc.title.set_fontsize(9)
     acc.legend(fontsize=8)
     width = 0.8 / len(summary)
     for i, (name, s) in enumerate(summary.items()):
-        comp.bar(np.arange(len(COMPONENT)) + (i - (len(summary) - 1) / 2) * width,
-                 [s[k]["mean"] for k in COMPONENT], width, label=name)  # fmt: skip
+        mean, err = zip(*(_mean_err(s[k], over_seeds) for k in COMPONENT), strict=True)
+        comp.bar(np.arange(len(COMPONENT)) + (i - (len(summary) - 1) / 2) * width, mean, width, yerr=err,
+                 capsize=3, color=SET_COLORS.get(name), label=name)  # fmt: skip
     comp.set_xticks(np.arange(len(COMPONENT)), COMPONENT, fontsize=7)
-    comp.set(ylim=(0, 1.05), title="agent components")
+    comp.set(ylabel="fraction of agent steps\n(answer_extracted: of trajectories)", ylim=(0, 1.05),
+             title="agent components")  # fmt: skip
     comp.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -118,8 +118,11 @@ def _forced(run, arg, prompts: int = 200) -> dict:
     return out
 
 
+ARMS = {"with traces in SFT": "grpo", "no traces in SFT (ablation)": "grpo_direct"}  # curve label -> GRPO stage
+
+
 def analyze(workdir, runs, arg=None):
-    arms = {"with traces in SFT": "grpo", "no traces in SFT (ablation)": "grpo_direct"}
+    arms = ARMS
     curves = {label: _curve(next(r for r in runs if r.stage == stage)) for label, stage in arms.items()}
     regime = _forced(next(r for r in runs if r.stage == "sft"), arg)
     (workdir / "results.json").write_text(json.dumps(dict(curves=curves, sft_forced=regime), indent=1))
@@ -138,19 +141,36 @@ def analyze(workdir, runs, arg=None):
     _plot(curves, workdir / "rl_steps.png")
 
 
+def plot_seeds(workdir, merged, arg=None):
+    """rl_steps.png again from the seeds' merged curves: means with ± std bands over seeds."""
+    del arg
+    _plot(merged["curves"], workdir / "rl_steps.png")
+
+
 def _plot(curves, path):
+    """Accuracy, thinking rate and response length vs RL step, one colour per arm in every panel; one seed's
+    curves or the seeds' merged ones (± std bands)."""
+    import numpy as np
     from matplotlib.figure import Figure
 
+    from research.stats import mean_err
+
+    colors = {label: f"C{i}" for i, label in enumerate(ARMS)}
     fig = Figure(figsize=(11, 3.5))
     axes = fig.subplots(1, 3)
-    for (label, curve), color in zip(curves.items(), ("C0", "C1"), strict=False):
+    for label, curve in curves.items():
         steps = [c["step"] for c in curve]
         for ax, key in zip(axes, ("accuracy", "thinks", "length"), strict=True):
-            ax.plot(steps, [c[key] for c in curve], "o-", color=color, label=label)
-    for ax, title in zip(axes, ("held-out accuracy (sampled, T=1)", "responses that think", "response tokens"),
-                         strict=True):  # fmt: skip
-        ax.set_title(title)
-        ax.set_xlabel("RL step")
-    axes[0].legend(fontsize=7)
+            mean, std = (np.array(v) for v in zip(*(mean_err(c[key]) for c in curve), strict=True))
+            ax.plot(steps, mean, "o-", color=colors.get(label), label=label)
+            ax.fill_between(steps, mean - std, mean + std, color=colors.get(label), alpha=0.2, lw=0)
+    labels = (
+        ("held-out accuracy (sampled, T=1)", "fraction of responses correct"),
+        ("responses that think", "fraction of responses with <think>"),
+        ("response length", "tokens per response"),
+    )
+    for ax, (title, ylabel) in zip(axes, labels, strict=True):
+        ax.set(title=title, xlabel="RL step", ylabel=ylabel)
+    axes[0].legend(fontsize=7, title="bands: ± std over seeds", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

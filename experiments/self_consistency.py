@@ -86,19 +86,44 @@ def analyze(workdir, runs, arg=None):
         lines.append(f"| {t} | " + " | ".join(cells) + f" | {r['distinct_answers']:.2f} |")
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot(results, workdir / "self_consistency.png")
+
+
+def plot_seeds(workdir, merged, arg=None):
+    """self_consistency.png again from the seeds' merged results: means with ± std error bars over seeds."""
+    del arg
+    _plot(merged, workdir / "self_consistency.png")
+
+
+def _plot(results: dict, path) -> None:
+    """maj@N and pass@N vs N per temperature, and diversity vs one-sample accuracy, one colour per temperature
+    in both panels; one seed's results or the seeds' merged ones (± std error bars and greedy band)."""
     from matplotlib.figure import Figure
 
+    from research.stats import mean_err
+
+    ns = sorted(int(k.removeprefix("maj@")) for k in results[str(TEMPERATURES[0])] if k.startswith("maj@"))
+    colors = {t: f"C{i}" for i, t in enumerate(TEMPERATURES)}
     fig = Figure(figsize=(10, 3.5))
     vote, div = fig.subplots(1, 2)
-    for t, color in zip(TEMPERATURES, ("C0", "C1", "C2"), strict=True):
-        r = results[str(t)]
-        vote.plot(ns, [r[f"maj@{n}"] for n in ns], "o-", color=color, label=f"maj@N, T={t}")
-        vote.plot(ns, [r[f"pass@{n}"] for n in ns], ":", color=color, label=f"pass@N, T={t}")
-        div.scatter([r["distinct_answers"]], [r["maj@1"]], color=color, label=f"T={t}")
+    for t in TEMPERATURES:
+        r, color = results[str(t)], colors[t]
+        for metric, style in (("maj", "o-"), ("pass", "s:")):
+            mean, err = zip(*(mean_err(r[f"{metric}@{n}"]) for n in ns), strict=True)
+            vote.errorbar(ns, mean, yerr=err, fmt=style, capsize=3, color=color, label=f"{metric}@N, T={t}")
+        (x, x_err), (y, y_err) = mean_err(r["distinct_answers"]), mean_err(r["pass@1"])
+        div.errorbar([x], [y], xerr=[x_err], yerr=[y_err], fmt="o", capsize=3, color=color, label=f"T={t}")
+    greedy, greedy_err = mean_err(results["0.0"]["pass@1"])
     vote.axhline(greedy, color="k", lw=0.8, label="greedy")
-    vote.set(xscale="log", xlabel="samples N", ylabel="held-out accuracy", title="self-consistency")
-    div.set(xlabel="distinct answers per prompt", ylabel="pass@1 (one sample)", title="diversity vs accuracy")
+    vote.axhspan(greedy - greedy_err, greedy + greedy_err, color="k", alpha=0.1, lw=0)
+    vote.set(xscale="log", xlabel="samples per prompt N", ylabel="held-out accuracy (fraction of prompts)",
+             title="self-consistency (bars: ± std over seeds)")  # fmt: skip
+    vote.title.set_fontsize(9)
+    vote.set_xticks(ns, [str(n) for n in ns], minor=False)
+    vote.set_xticks([], minor=True)
+    div.set(xlabel="distinct answers per prompt (of all samples)", ylabel="pass@1 (fraction of samples right)",
+            title="diversity vs accuracy")  # fmt: skip
     vote.legend(fontsize=6)
     div.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(workdir / "self_consistency.png", dpi=100)
+    fig.savefig(path, dpi=100)

@@ -157,14 +157,38 @@ def analyze(workdir, runs, arg=None):
     lines.append(f"\nGreedy CoT (1 call): {rows['CoT, greedy (1 call)'][1]:.3f} of {n} held-out problems solved.")
     (workdir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _plot(rows, workdir / "tree_of_thoughts.png")
+
+
+METHODS = ("CoT + verifier (pass@C)", "self-consistency (majority trace)", "ToT")  # the curves, one colour each
+
+
+def plot_seeds(workdir, merged, arg=None):
+    """tree_of_thoughts.png again from the seeds' merged results: means with ± std error bars over seeds."""
+    del arg
+    _plot(merged, workdir / "tree_of_thoughts.png")
+
+
+def _plot(rows: dict, path) -> None:
+    """Problems solved vs model calls per method, greedy CoT as a line; one seed's rows ({method: {C: rate}},
+    C an int or, read back from results.json, a string) or the seeds' merged ones (± std error bars and band)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 3.5))
+    from research.stats import mean_err
+
+    fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
-    for method in ("CoT + verifier (pass@C)", "self-consistency (majority trace)", "ToT"):
-        ax.plot(budgets, [rows[method][c] for c in budgets], "o-", label=method)
-    ax.axhline(rows["CoT, greedy (1 call)"][1], color="k", lw=0.8, label="CoT, greedy (1 call)")
-    ax.set(xscale="log", xlabel="model calls C", ylabel="problems solved", title="Countdown")
+    for i, method in enumerate(METHODS):
+        points = sorted((int(c), *mean_err(v)) for c, v in rows[method].items())
+        calls, mean, err = zip(*points, strict=True)
+        ax.errorbar(calls, mean, yerr=err, fmt="o-", capsize=3, color=f"C{i}", label=method)
+    greedy, greedy_err = mean_err(next(iter(rows["CoT, greedy (1 call)"].values())))
+    ax.axhline(greedy, color="k", lw=0.8, label="CoT, greedy (1 call)")
+    ax.axhspan(greedy - greedy_err, greedy + greedy_err, color="k", alpha=0.1, lw=0)
+    ax.set(xscale="log", xlabel="model calls C per problem", ylabel="problems solved (fraction of held-out)",
+           title="Countdown (bars: ± std over seeds)")  # fmt: skip
+    ax.set_xticks(calls, [str(c) for c in calls], minor=False)  # the budgets, not powers of 10
+    ax.set_xticks([], minor=True)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(workdir / "tree_of_thoughts.png", dpi=100)
+    fig.savefig(path, dpi=100)
