@@ -11,7 +11,8 @@ import random
 import pytest
 
 from research.experiment import load_experiment
-from research.stats import is_summary, merge_results
+from research.stats import merge_results
+from tests.test_plot_seeds_a import _summaries  # how many numbers of merged results vary by seed
 
 SEEDS = (0, 1, 2)
 MIN_PNG_BYTES = 5_000  # an empty figure of these sizes is smaller; axes, curves and labels make it larger
@@ -179,17 +180,6 @@ CASES = {
     "tree_of_thoughts": (tree_of_thoughts, ("tree_of_thoughts.png",),
                          lambda m, r, d: m._plot(r, d / "tree_of_thoughts.png")),
 }  # fmt: skip
-
-
-def _summaries(x) -> int:
-    """How many summary dicts (numbers that vary across seeds) x holds."""
-    if is_summary(x):
-        return 1
-    if isinstance(x, dict):
-        return sum(_summaries(v) for v in x.values())
-    if isinstance(x, list):
-        return sum(_summaries(v) for v in x)
-    return 0
 
 
 def _merged(build):
