@@ -20,6 +20,7 @@ import ml_collections
 
 from research.attention import get_attention, list_attention
 from research.attention.sparse import check_attention_options
+from research.data.files import check_patterns
 from research.layers.mlp import FFNS
 from research.layers.moe import check_config as check_moe_config
 from research.layers.norms import NORMS
@@ -84,6 +85,10 @@ def default_config() -> ml_collections.ConfigDict:
         text_key="text",
         train_split="train",
         eval_split="validation",
+        # Your own files instead of a TFDS dataset: comma-separated globs of .jsonl (a document per line,
+        # its text under text_key) or .txt (a document per file), local or gs://; set both (research/data/files.py).
+        train_files="",
+        eval_files="",
         tokenizer="byte",  # byte | char | word | bpe | wordpiece | unigram (research.tokenizers)
         vocab_size=1024,  # learned tokenizers only; byte's is fixed
         added_tokens="",  # space-separated strings made one id each, after the vocabulary ("<think> </think>")
@@ -312,6 +317,13 @@ def validate(config, sections=None) -> None:
     check_range(config, "sample.top_k", 0)  # 0: off
     check_range(config, "sample.top_p", 0, 1, lo_open=True)
     _non_empty(config, "data.name", "data.text_key", "data.train_split", "data.eval_split")
+    train_files = check_patterns(config.data.train_files, "data.train_files")
+    eval_files = check_patterns(config.data.eval_files, "data.eval_files")
+    if bool(train_files) != bool(eval_files):
+        raise ValueError(
+            f"data.train_files={config.data.train_files!r} and data.eval_files={config.data.eval_files!r}: "
+            "set both (your own files) or neither (the TFDS dataset data.name)"
+        )
     if m.d_model % m.num_heads:
         raise ValueError(f"model.num_heads={m.num_heads} must divide model.d_model={m.d_model}")
     if m.num_heads % m.num_kv_heads:

@@ -243,6 +243,9 @@ INVALID = {
     "data.text_key": Bad(text_from("")),
     "data.train_split": Bad(text_from("")),
     "data.eval_split": Bad(text_from("")),
+    # Globs must name .jsonl or .txt files, and train and eval files go together.
+    "data.train_files": Bad(text_from("data/*.csv", "x.jsonl,notes", "x.jsonl")),  # the last: no eval_files
+    "data.eval_files": Bad(text_from("eval/*.parquet", "y.txt")),  # the last: no train_files
     "data.tokenizer": Bad(not_in(TOKENIZER_KINDS)),
     "data.vocab_size": Bad(at_most(min_vocab_size("bpe") - 1), {"data.tokenizer": "bpe"}),
     "data.added_tokens": Bad(bad_added_tokens()),

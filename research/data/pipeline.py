@@ -1,4 +1,4 @@
-"""Grain input pipeline: TFDS text -> tokens -> packed rows -> per-process batches.
+"""Grain input pipeline: TFDS text (or your own files) -> tokens -> packed rows -> per-process batches.
 
 Sharding is what makes a multi-process run reproduce a single-process one:
 each split is cut into `num_shards` strided shards, and every shard has its own
@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research.data import sentiment, stdlib_corpus  # noqa: F401  (register `toy_sentiment`, `python_stdlib` with TFDS)
+from research.data.files import FileSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +45,22 @@ class DataSpec:
     global_batch_size: int
     num_shards: int  # data shards; each process owns num_shards // process_count of them
     seed: int
+    train_files: str = ""  # globs of .jsonl/.txt files: with eval_files, read instead of the TFDS dataset
+    eval_files: str = ""
 
 
 def load_sources(spec: DataSpec) -> dict:
     """Prepares the dataset if needed and returns random-access sources {"train": ..., "eval": ...}.
 
     Datasets that need a download follow TFDS rules (data_dir, manual_dir, ...);
-    `python_stdlib` is generated from local files in about a second.
+    `python_stdlib` is generated from local files in about a second. With
+    train_files and eval_files set, the sources are those files (research/data/files.py).
     """
+    if spec.train_files or spec.eval_files:
+        return {
+            "train": FileSource(spec.train_files, spec.text_key, "data.train_files"),
+            "eval": FileSource(spec.eval_files, spec.text_key, "data.eval_files"),
+        }
     try:
         builder = tfds.builder(spec.name, data_dir=spec.data_dir, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError:
