@@ -113,6 +113,7 @@ def default_config() -> ml_collections.ConfigDict:
         eval_every=200,
         eval_batches=8,
         log_every=10,
+        trackers="tensorboard",  # besides metrics.jsonl: comma-separated, of tensorboard, wandb ("" for none)
     )
     c.optim = dict(
         learning_rate=1e-3,

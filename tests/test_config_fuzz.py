@@ -265,6 +265,7 @@ INVALID = {
     "train.eval_every": Bad(at_most(0)),
     "train.eval_batches": Bad(at_most(0)),
     "train.log_every": Bad(at_most(0)),
+    "train.trackers": Bad(text_from("mlflow", "tensorboard,nope")),
     # optim
     "optim.learning_rate": Bad(at_most(0)),
     "optim.warmup_steps": Bad(below(0)),

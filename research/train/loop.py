@@ -171,7 +171,7 @@ def train(config, workdir) -> dict:
         p_eval = jax.jit(functools.partial(eval_step, sums_fn=task.eval_sums), out_shardings=replicated)
 
         # --- Loop. ---
-        writer = MetricsWriter(workdir)
+        writer = MetricsWriter(workdir, config)
         if start == 0:
             writer.write(
                 0,

@@ -35,6 +35,7 @@ from research import config as config_lib
 from research.data import DataSpec, make_eval_batches, make_train_iterator
 from research.models import DecoderLM
 from research.train import checkpoint
+from research.train.metrics import tracker_names
 from research.train.sources import IteratorSource
 from research.train.step import lm_loss, lm_loss_sums
 
@@ -131,6 +132,7 @@ def validate_config(config) -> None:
             f"research.train.tasks.task_config({task.name!r}) or with_task(config, {task.name!r})"
         )
     config_lib.validate(config, sections=all_config_sections())
+    tracker_names(config.train.trackers)
     if task.decoder and config.model.position == "relative":
         raise ValueError(
             f"model.position='relative' (T5 bias) is for encoder and encoder-decoder models; train.task="
