@@ -162,7 +162,7 @@ def _plot(rows, path):
             ax.annotate(f"{v:,}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("tokens per byte of held-out text")
     ax.set_ylabel("validation bits per byte")
-    ax.set_title("Tokenizers at equal compute (labels: vocabulary size; bars: ± std over seeds)")
+    ax.set_title("Tokenizers at equal compute (labels: vocabulary size; bars: ± std over seeds)", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
