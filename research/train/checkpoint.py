@@ -29,9 +29,12 @@ RESUME_MUST_MATCH = (
     "data.num_shards",
     "data.text_key",
     "data.train_split",
+    "data.train_files",
     "train.batch_size",
     "train.seed",
 )
+# Keys added after workdirs were written without them: a saved config that lacks one had this value.
+ADDED_LATER = {"data.train_files": ""}
 
 
 def _lookup(config: dict, dotted: str):
@@ -64,7 +67,7 @@ def check_resume_compatible(workdir, config, extra_keys=()) -> None:
         try:
             old = _lookup(saved, key)
         except KeyError:
-            old = "<missing>"
+            old = ADDED_LATER.get(key, "<missing>")
         try:
             new = _lookup(current, key)
         except KeyError:

@@ -118,3 +118,23 @@ def test_a_run_trains_on_files(corpus, tmp_path):
     c.mesh.update(data=data, tensor=jax.device_count() // data)
     last = train(c, tmp_path / "run")
     assert np.isfinite(last["eval_loss"])
+
+
+def test_resuming_on_other_train_files_is_refused(tmp_path):
+    from research.train import checkpoint
+
+    c = default_config()
+    c.data.update(train_files="a/*.jsonl", eval_files="b/*.txt")
+    checkpoint.save_config(tmp_path, c)
+    checkpoint.check_resume_compatible(tmp_path, c)
+    other = c.copy_and_resolve_references()
+    other.data.train_files = "c/*.jsonl"
+    with pytest.raises(ValueError, match=r"data.train_files: 'a/\*.jsonl' -> 'c/\*.jsonl'"):
+        checkpoint.check_resume_compatible(tmp_path, other)
+    other.data.update(train_files="a/*.jsonl", eval_files="d/*.txt")  # another eval set: allowed
+    checkpoint.check_resume_compatible(tmp_path, other)
+    # A workdir written before the key existed trained on data.name: it resumes with the key unset.
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["data"]["train_files"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    checkpoint.check_resume_compatible(tmp_path, default_config())
