@@ -150,8 +150,8 @@ def data_spec(config) -> DataSpec:
         text_key=d.text_key,
         train_split=d.train_split,
         eval_split=d.eval_split,
-        train_files=d.train_files,
-        eval_files=d.eval_files,
+        train_files=d.get("train_files", ""),  # .get: configs read from workdirs written before these keys
+        eval_files=d.get("eval_files", ""),
         seq_len=d.seq_len,
         global_batch_size=config.train.batch_size,
         num_shards=num_shards,
