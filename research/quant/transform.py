@@ -28,6 +28,9 @@ CONTRACTION_RULES = (
 )
 
 
+BIAS = re.compile(r"(^|/|_)bias$")  # 'bias', 'key_bias', 'mlm_bias': added, never multiplied
+
+
 def path_str(path) -> str:
     """A key path as 'block_0/attn/query'."""
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
@@ -55,7 +58,8 @@ def quantize_params(
     rules=CONTRACTION_RULES,
 ):
     """Replaces every weight of rank >= 2 whose path matches `targets` (and not `exclude`,
-    both regexes searched in 'block_0/attn/query') by its QTensor; other leaves are kept.
+    both regexes searched in 'block_0/attn/query') by its QTensor; other leaves are kept, and so
+    are biases (attention's are [heads, head_dim]: rank 2, but no matmul contracts them).
 
     Raises ValueError naming the parameter if the group size does not divide it,
     and if `targets` matches no weight at all (a typo would otherwise quantize nothing).
@@ -66,7 +70,7 @@ def quantize_params(
 
     def one(path, x):
         name = path_str(path)
-        if x.ndim < 2 or not re.search(targets, name) or (exclude and re.search(exclude, name)):
+        if x.ndim < 2 or BIAS.search(name) or not re.search(targets, name) or (exclude and re.search(exclude, name)):
             return x
         matched.append(name)
         axes = contraction_axes(name, x.ndim, rules)

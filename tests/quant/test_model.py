@@ -5,6 +5,7 @@ from the float weight alone (`_rounding_bound`), not from research.quant's codes
 formats are the ones research.quant supports: int8, int4 (symmetric absmax) and NF4 (no fp8).
 """
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -164,6 +165,15 @@ def test_every_target_weight_is_quantized_along_its_contraction_axes(model_and_p
     assert attn["out"].scales.shape == (1, CFG.d_model)  # per output channel
     norms = [p for p in jax.tree.leaves(q, is_leaf=lambda x: isinstance(x, QTensor)) if not isinstance(p, QTensor)]
     assert norms and all(p.ndim == 1 for p in norms)  # vectors stay float
+
+
+def test_biases_stay_float_even_when_rank_2():
+    """Attention biases are [heads, head_dim]: a group size that fits every kernel need not fit them."""
+    model = DecoderLM(dataclasses.replace(CFG, use_bias=True, num_heads=16))  # head_dim 2
+    params = jax.jit(lambda key: nn.unbox(init_params(model, key)))(jax.random.key(0))
+    assert params["block_0"]["attn"]["key_bias"].shape == (2, 2)  # 2 kv heads x head_dim 2
+    q = quantize_params(params, "nf4", group_size=16)
+    assert not is_qtensor(q["block_0"]["attn"]["key_bias"]) and is_qtensor(q["block_0"]["attn"]["key"])
 
 
 def test_bad_targets_and_group_sizes_name_the_parameter(model_and_params):
