@@ -128,22 +128,13 @@ def plot_seeds(workdir, merged, arg=None):
     _plot(merged["table"], workdir / "best_of_n.png")
 
 
-def _curve(ax, x, cells, style, color, label):
-    """One curve of means with a ± std band (none where the cells are plain numbers: one seed)."""
-    import numpy as np
-
-    from research.stats import mean_err
-
-    mean, err = np.array([mean_err(c) for c in cells]).T
-    ax.plot(x, mean, style, color=color, label=label)
-    ax.fill_between(x, mean - err, mean + err, color=color, alpha=0.2, linewidth=0)
-
-
 def _plot(table, path):
     """Left: gold reward of each scorer's pick vs analytic KL; right: measured vs analytic KL per N.
 
     The scorers are the table's columns that have a " kl" twin, in order; each keeps its colour in both panels."""
     from matplotlib.figure import Figure
+
+    from research.stats import plot_band
 
     names = [k for k in table[0] if f"{k} kl" in table[0]]
     colors = {name: f"C{i}" for i, name in enumerate(names)}
@@ -152,9 +143,9 @@ def _plot(table, path):
     kl = [r["analytic_kl"] for r in table]
     ns = [r["n"] for r in table]
     for name in names:
-        _curve(left, kl, [r[name] for r in table], "o-", colors[name], name)
-        _curve(right, ns, [r[name + " kl"] for r in table], "o-", colors[name], name)
-    _curve(left, kl, [r["random"] for r in table], "--", "grey", "random choice")
+        plot_band(left, kl, [r[name] for r in table], color=colors[name], label=name)
+        plot_band(right, ns, [r[name + " kl"] for r in table], color=colors[name], label=name)
+    plot_band(left, kl, [r["random"] for r in table], "--", color="grey", label="random choice")
     right.plot(ns, kl, "k--", label="log N - (N-1)/N")
     left.set_xlabel("KL(best-of-N || base), analytic (nats)")
     left.set_ylabel("gold reward of the pick (mean over prompts)")

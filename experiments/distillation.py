@@ -149,10 +149,9 @@ def plot_seeds(workdir, merged, arg=None):
 
 def _plot(rows, path):
     """Validation loss vs student step, a curve per student (its own colour); merged rows get ± std bands."""
-    import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no display needed
 
-    from research.stats import mean_err
+    from research.stats import mean_err, plot_band
 
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
@@ -160,9 +159,7 @@ def _plot(rows, path):
     for r in rows:
         label = "hard labels" if r["temperature"] is None else f"T={r['temperature']:g}, alpha={r['alpha']:g}"
         steps = [mean_err(s)[0] for s, _ in r["curve"]]
-        loss, err = np.array([mean_err(v) for _, v in r["curve"]]).T
-        ax.plot(steps, loss, "o-", color=colors[r["name"]], label=label)
-        ax.fill_between(steps, loss - err, loss + err, color=colors[r["name"]], alpha=0.2, linewidth=0)
+        plot_band(ax, steps, [v for _, v in r["curve"]], color=colors[r["name"]], label=label)
     ax.set_xlabel("student step (optimizer updates)")
     ax.set_ylabel("validation loss (hard-label NLL, nats per byte)")
     ax.set_title("Student: hard labels vs the teacher's soft labels (bands: ± std over seeds)", fontsize=10)

@@ -130,16 +130,16 @@ def _plot(results, path):
     """Held-out accuracy, rollout reward, KL and answer length vs RL step, from results.json's "eval" and
     "rollouts" (absent from results written before it was added: those panels stay empty); merged results
     get ± std bands."""
-    import numpy as np
     from matplotlib.figure import Figure
 
-    from research.stats import mean_err
+    from research.stats import mean_err, plot_band
 
     def curve(ax, rows, key, color, label=None):
+        if not rows:  # results written before "rollouts" existed
+            return
         x = [mean_err(r["step"])[0] for r in rows]
-        mean, err = np.array([mean_err(r[key]) for r in rows]).reshape(-1, 2).T
-        ax.plot(x, mean, "o-" if len(rows) < 30 else "-", color=color, markersize=3, label=label)
-        ax.fill_between(x, mean - err, mean + err, color=color, alpha=0.2, linewidth=0)
+        style = "o-" if len(rows) < 30 else "-"
+        plot_band(ax, x, [r[key] for r in rows], style, color=color, label=label, markersize=3)
 
     rollouts = results.get("rollouts", [])
     fig = Figure(figsize=(14, 3.6))

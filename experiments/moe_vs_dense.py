@@ -216,10 +216,9 @@ def plot_seeds(workdir, merged, arg=None):
 
 def _plot(rows, path):
     """Validation loss and load imbalance vs step, one colour per run; merged rows get ± std bands."""
-    import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no display needed, caller's backend untouched
 
-    from research.stats import mean_err
+    from research.stats import plot_band
 
     colors = {run: f"C{i}" for i, run in enumerate(RUNS)}  # one colour per run in both panels
     fig = Figure(figsize=(11, 4))
@@ -228,11 +227,7 @@ def _plot(rows, path):
         for ax, key in ((loss_ax, "eval_curve"), (load_ax, "imbalance_curve")):
             if not r[key]:  # dense runs have no router
                 continue
-            steps = [s for s, _ in r[key]]
-            mean, std = (np.array(v) for v in zip(*(mean_err(y) for _, y in r[key]), strict=True))
-            color = colors.get(r["run"])
-            ax.plot(steps, mean, "o-", color=color, label=r["run"])
-            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+            plot_band(ax, [s for s, _ in r[key]], [y for _, y in r[key]], color=colors.get(r["run"]), label=r["run"])
     loss_ax.set_xlabel("training step")
     loss_ax.set_ylabel("validation loss (nats / token)")
     loss_ax.set_title("Same tokens: dense vs MoE (bands: ± std over seeds)")

@@ -150,10 +150,9 @@ def plot_seeds(workdir, merged, arg=None):
 def _plot(curves, path):
     """Accuracy, thinking rate and response length vs RL step, one colour per arm in every panel; one seed's
     curves or the seeds' merged ones (± std bands)."""
-    import numpy as np
     from matplotlib.figure import Figure
 
-    from research.stats import mean_err
+    from research.stats import plot_band
 
     colors = {label: f"C{i}" for i, label in enumerate(ARMS)}
     fig = Figure(figsize=(11, 3.5))
@@ -161,9 +160,7 @@ def _plot(curves, path):
     for label, curve in curves.items():
         steps = [c["step"] for c in curve]
         for ax, key in zip(axes, ("accuracy", "thinks", "length"), strict=True):
-            mean, std = (np.array(v) for v in zip(*(mean_err(c[key]) for c in curve), strict=True))
-            ax.plot(steps, mean, "o-", color=colors.get(label), label=label)
-            ax.fill_between(steps, mean - std, mean + std, color=colors.get(label), alpha=0.2, lw=0)
+            plot_band(ax, steps, [c[key] for c in curve], color=colors.get(label), label=label)
     labels = (
         ("held-out accuracy (sampled, T=1)", "fraction of responses correct"),
         ("responses that think", "fraction of responses with <think>"),

@@ -205,9 +205,7 @@ def run_experiment(
     if seeds == 1:
         runs = plan(experiment, arg, workdir, overrides)
         _check_only(only, runs)
-        _train_runs(runs, only)
-        if not only and hasattr(experiment, "analyze"):
-            experiment.analyze(epath.Path(workdir), runs, arg)
+        _train_and_analyze(experiment, arg, runs, epath.Path(workdir), only)
         return runs
 
     from absl import logging
@@ -223,10 +221,7 @@ def run_experiment(
         if marker.exists():
             marker.unlink()  # a rerun retries a failed seed
         try:
-            _train_runs(runs, only)
-            if not only and hasattr(experiment, "analyze"):
-                seed_dir.mkdir(parents=True, exist_ok=True)
-                experiment.analyze(seed_dir, runs, arg)
+            _train_and_analyze(experiment, arg, runs, seed_dir, only)
         except (Preempted, ValueError):
             raise  # a stop signal (a rerun resumes) or a config/workdir problem (the user fixes): not a crash
         except Exception as e:  # noqa: BLE001 -- one seed's crash must not cost the others
@@ -272,8 +267,9 @@ def _check_only(only: str, runs: list[Run]) -> None:
         raise ValueError(f"--only={only!r} is not a stage; stages: {sorted({r.stage for r in runs})}")
 
 
-def _train_runs(runs: list[Run], only: str) -> None:
-    """Trains each run of `runs` (of stage `only`, if given) that is not finished; resumes unfinished ones."""
+def _train_and_analyze(experiment, arg, runs: list[Run], workdir: epath.Path, only: str) -> None:
+    """Trains each run of `runs` (of stage `only`, if given) that is not finished, resuming unfinished
+    ones; then, unless `only`, the experiment's analysis in `workdir`."""
     from absl import logging
 
     from research.train import checkpoint
@@ -291,3 +287,6 @@ def _train_runs(runs: list[Run], only: str) -> None:
             continue
         logging.warning("experiment run %s -> %s", run.name, run.workdir)
         train(run.config, run.workdir)
+    if not only and hasattr(experiment, "analyze"):
+        workdir.mkdir(parents=True, exist_ok=True)
+        experiment.analyze(workdir, runs, arg)

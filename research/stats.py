@@ -33,6 +33,15 @@ def mean_err(x) -> tuple[float, float]:
     return (x["mean"], x["std"]) if is_summary(x) else (float(x), 0.0)
 
 
+def plot_band(ax, x, cells, style="o-", *, color=None, label=None, **plot_kwargs):
+    """A curve of the cells' means on a matplotlib axis with its ± std band (no band where the cells are plain
+    numbers: one seed)."""
+    mean, err = (list(v) for v in zip(*(mean_err(c) for c in cells), strict=True))
+    ax.plot(x, mean, style, color=color, label=label, **plot_kwargs)
+    ax.fill_between(x, [m - e for m, e in zip(mean, err, strict=True)], [m + e for m, e in zip(mean, err, strict=True)],
+                    color=color, alpha=0.2, linewidth=0)  # fmt: skip
+
+
 def separated(a, b) -> bool:
     """Whether the mean ± std intervals of two summaries (or plain numbers) do not overlap.
 
@@ -47,7 +56,7 @@ def separated(a, b) -> bool:
 def _interval(x):
     if is_summary(x):
         return x["mean"] - x["std"], x["mean"] + x["std"]
-    if isinstance(x, numbers.Real) and not isinstance(x, bool):
+    if _is_number(x):
         return float(x), float(x)
     raise TypeError(f"separated() takes summaries or numbers, got {x!r}")
 
@@ -122,22 +131,17 @@ def _cells(x: dict, prefix: str = "") -> dict:
     return out
 
 
-def _lists(x, path):
-    """(path, list) for every list inside x that is not a cell, outermost first."""
+def _lists(x, path=""):
+    """(path, list) for every list in x, x itself included, that is not a cell; outermost first."""
+    if _is_cell(x):
+        return
     if isinstance(x, list):
         yield path, x
-        for i, item in enumerate(x):
-            if not _is_cell(item):
-                yield from _lists_within(item, f"{path}[{i}]")
-    elif not _is_cell(x):
-        yield from _lists_within(x, path)
-
-
-def _lists_within(x, path):
-    items = enumerate(x) if isinstance(x, list) else x.items()
-    for key, value in items:
-        if not _is_cell(value):
-            yield from _lists(value, f"{path}[{key}]" if isinstance(x, list) else f"{path}.{key}".lstrip("."))
+        children = ((f"{path}[{i}]", v) for i, v in enumerate(x))
+    else:
+        children = ((f"{path}.{k}" if path else k, v) for k, v in x.items())
+    for child_path, value in children:
+        yield from _lists(value, child_path)
 
 
 def _table(x, n_seeds: int) -> list[str]:
@@ -153,19 +157,19 @@ def _table(x, n_seeds: int) -> list[str]:
     return [", ".join(_format(v, n_seeds) if _is_cell(v) else "…" for v in x)]
 
 
-def results_markdown(merged, *, seeds, failed: dict | None = None, title: str = "") -> str:
+def results_markdown(merged, *, seeds, failed: dict | None = None) -> str:
     """The merged results as markdown: which seeds went in (and why any failed), then a table for the
     top level's cells and one for every list inside (rows of a table, or a curve)."""
     failed = failed or {}
     done = [s for s in seeds if s not in failed]
-    lines = [f"# {title or 'Results over seeds'}", ""]
+    lines = ["# Results over seeds", ""]
     lines.append(
         f"{len(done)} of {len(seeds)} seeds ({', '.join(map(str, done))}); numbers that vary are mean ± std "
         "(sample std over seeds); call a difference one only when the mean ± std intervals separate."
     )
     lines += [f"- seed {seed} FAILED: {why}" for seed, why in failed.items()]
     tables = [("results", merged)] if isinstance(merged, dict) and _cells(merged) else []
-    tables += [(path or "results", x) for path, x in _lists(merged, "") if x]
+    tables += [(path or "results", x) for path, x in _lists(merged) if x]
     for name, x in tables:
         lines += ["", f"## {name}", "", *_table(x, len(done))]
     return "\n".join(lines) + "\n"

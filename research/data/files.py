@@ -52,9 +52,7 @@ def _glob(pattern: str) -> list[epath.Path]:
         return [path] if path.is_file() else []
     parts = pattern.split("/")
     first = next(i for i, p in enumerate(parts) if globlib.has_magic(p))
-    root = "/".join(parts[:first]) or "."
-    if pattern.startswith("/") and first == 1:
-        root = "/"
+    root = "/".join(parts[:first]) or ("/" if pattern.startswith("/") else ".")
     return [p for p in epath.Path(root).glob("/".join(parts[first:])) if p.is_file()]
 
 

@@ -5,8 +5,8 @@ analyses and resumption read. Trackers get the numeric metrics of each record:
 `tensorboard` (DIR/tensorboard, through tensorboardX, no TensorFlow) and `wandb`
 (the `wandb` extra; resuming a workdir continues its W&B run, whose id is kept in
 DIR/wandb_id.txt; WANDB_MODE=offline needs no account, WANDB_PROJECT names the
-project). A tracker is one class with write(step, scalars) and close(),
-registered in TRACKERS. Only process 0 writes; every process may call `write`.
+project). A tracker is one class with write(step, scalars), close() and the
+`package` it needs, registered in TRACKERS. Only process 0 writes; every process may call `write`.
 """
 
 import importlib.util
@@ -19,6 +19,8 @@ from etils import epath
 
 
 class TensorBoard:
+    package = "tensorboardX"  # what tracker_names checks is installed
+
     def __init__(self, workdir: epath.Path, config):
         del config
         from tensorboardX import SummaryWriter  # TensorBoard events without TensorFlow
@@ -35,6 +37,8 @@ class TensorBoard:
 
 
 class WandB:
+    package = "wandb"
+
     def __init__(self, workdir: epath.Path, config):
         import wandb
 
@@ -58,7 +62,6 @@ class WandB:
 
 
 TRACKERS = {"tensorboard": TensorBoard, "wandb": WandB}
-_PACKAGES = {"tensorboard": "tensorboardX", "wandb": "wandb"}
 
 
 def tracker_names(trackers: str, field: str = "train.trackers") -> list[str]:
@@ -67,10 +70,9 @@ def tracker_names(trackers: str, field: str = "train.trackers") -> list[str]:
     for name in names:
         if name not in TRACKERS:
             raise ValueError(f"{field}={trackers!r}: {name!r} is not a tracker; choose from {sorted(TRACKERS)}")
-        if importlib.util.find_spec(_PACKAGES[name]) is None:
-            raise ValueError(
-                f"{field}={trackers!r}: {name!r} needs the {_PACKAGES[name]} package (pip install -e '.[{name}]')"
-            )
+        package = TRACKERS[name].package
+        if importlib.util.find_spec(package) is None:
+            raise ValueError(f"{field}={trackers!r}: {name!r} needs the {package} package (pip install -e '.[{name}]')")
     return names
 
 

@@ -30,6 +30,8 @@ def test_trackers_get_the_numbers_and_jsonl_gets_everything(tmp_path, monkeypatc
     seen = []
 
     class Recorder:
+        package = "json"
+
         def __init__(self, workdir, config):
             seen.append(("init", workdir, config.train.trackers))
 
@@ -40,7 +42,6 @@ def test_trackers_get_the_numbers_and_jsonl_gets_everything(tmp_path, monkeypatc
             seen.append("close")
 
     monkeypatch.setitem(metrics.TRACKERS, "recorder", Recorder)
-    monkeypatch.setitem(metrics._PACKAGES, "recorder", "json")
     writer = MetricsWriter(tmp_path, config_with("recorder"))
     writer.write(3, {"loss": 1.5, "tokens": 7, "finite": True, "note": "x", "per_expert": [0.5, 0.5]})
     writer.close()
