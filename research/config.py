@@ -89,7 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
         # its text under text_key) or .txt (a document per file), local or gs://; set both (research/data/files.py).
         train_files="",
         eval_files="",
-        tokenizer="byte",  # byte | char | word | bpe | wordpiece | unigram (research.tokenizers)
+        # byte | char | word | bpe | wordpiece | unigram (research.tokenizers), or pretrained: the tokenizer.json
+        # of the Hugging Face model the run starts from (set by itself when it starts from one).
+        tokenizer="byte",
         vocab_size=1024,  # learned tokenizers only; byte's is fixed
         added_tokens="",  # space-separated strings made one id each, after the vocabulary ("<think> </think>")
         tokenizer_min_frequency=2,  # word/bpe/wordpiece: rarer pieces stay out of the vocabulary
@@ -343,9 +345,10 @@ def validate(config, sections=None) -> None:
     check_attention_options(m.attention, m.attention_options, d.seq_len)
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("model.param_dtype", m.param_dtype, DTYPES)
-    _choice("data.tokenizer", d.tokenizer, TOKENIZER_KINDS)
+    _choice("data.tokenizer", d.tokenizer, (*TOKENIZER_KINDS, "pretrained"))
     _positive(config, "data.vocab_size", "data.tokenizer_min_frequency", "data.tokenizer_sample_bytes")
-    if d.tokenizer != "byte" and d.vocab_size < min_vocab_size(d.tokenizer):  # byte's vocabulary is fixed
+    # byte's vocabulary is fixed; a pretrained one is the source model's
+    if d.tokenizer not in ("byte", "pretrained") and d.vocab_size < min_vocab_size(d.tokenizer):
         raise ValueError(
             f"data.vocab_size={d.vocab_size} is too small for data.tokenizer={d.tokenizer!r}: "
             f"it needs at least {min_vocab_size(d.tokenizer)}"

@@ -1,4 +1,5 @@
-r"""Sample from a trained workdir (any decoder run: plain, fine-tuned with PEFT, QLoRA, RL).
+r"""Sample from a trained workdir (any decoder run: plain, fine-tuned with PEFT, QLoRA, RL) or from a
+Hugging Face gpt2/llama folder (config.json + safetensors + tokenizer.json).
 
   python -m research.sample --workdir DIR --prompt "def " [--prompt "class "] \
       --max_new_tokens 200 --temperature 0.8 --top_p 0.95
@@ -51,7 +52,7 @@ def main(argv):
 
 if __name__ == "__main__":
     # Flags live here so research.main can import this module without redefining them.
-    flags.DEFINE_string("workdir", None, "A workdir written by research.main.")
+    flags.DEFINE_string("workdir", None, "A workdir written by research.main, or a Hugging Face folder.")
     flags.DEFINE_multi_string("prompt", ["def "], "Prompt(s); repeat the flag for a batch.")
     flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate (capped by the context).")
     flags.DEFINE_float("temperature", 0.8, "0 = greedy.")

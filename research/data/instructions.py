@@ -205,9 +205,14 @@ def exact_match(example: Example, output: str) -> bool:
 
 
 def prompt_tokens(tokenizer, prompt: str) -> np.ndarray:
-    """[BOS] prompt [SEP]: what generation is fed."""
+    """[BOS] prompt [SEP]: what generation is fed. A pretrained tokenizer without a sep token
+    (GPT-2, Llama) ends the prompt with a newline's tokens instead."""
     ids = tokenizer.encode(prompt)
-    return np.concatenate([[tokenizer.bos_id], ids, [tokenizer.sep_id]]).astype(np.int32)
+    try:
+        sep = [tokenizer.sep_id]
+    except ValueError:  # research.tokenizers.PretrainedTokenizer: the role is absent
+        sep = tokenizer.encode("\n").tolist()
+    return np.concatenate([[tokenizer.bos_id], ids, sep]).astype(np.int32)
 
 
 def render(tokenizer, example: Example) -> dict:

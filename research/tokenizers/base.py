@@ -89,6 +89,8 @@ class Tokenizer:
     min_vocab_size: ClassVar[int]  # the smallest vocab_size `train` accepts
     vocab_floor: ClassVar[str]  # what min_vocab_size pays for, for the error message
     vocab_size: int
+    # False for a kind whose special tokens are its own (pretrained): its file holds them by role, not SPECIAL_TOKENS.
+    fixed_special_ids: ClassVar[bool] = True
 
     special_tokens = SPECIAL_TOKENS
     pad_id, unk_id, cls_id, sep_id, mask_id, bos_id, eos_id = PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, BOS_ID, EOS_ID
@@ -165,7 +167,8 @@ class Tokenizer:
                         "pass truncate=True or a larger length"
                     )
                 ids = ids[: length - reserved]
-            rows.append([self.cls_id] * add_cls + ids.tolist() + [self.sep_id] * add_sep)
+            # Read cls_id / sep_id only when used: a pretrained tokenizer may have neither.
+            rows.append(([self.cls_id] if add_cls else []) + ids.tolist() + ([self.sep_id] if add_sep else []))
         input_ids = np.full((len(rows), length), self.pad_id, np.int32)
         attention_mask = np.zeros((len(rows), length), np.int32)
         for i, row in enumerate(rows):
@@ -174,7 +177,10 @@ class Tokenizer:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes one JSON file: {"type", "version", "special_tokens", ...this kind's fields}."""
+        """Writes one JSON file: {"type", "version", "special_tokens", ...this kind's fields}.
+
+        A kind without fixed special ids writes its own "special_tokens" among its fields.
+        """
         spec = {"type": self.type_name, "version": FILE_VERSION, "special_tokens": list(SPECIAL_TOKENS)}
         spec.update(self._fields())
         with open(path, "w", encoding="utf-8") as f:
@@ -278,8 +284,15 @@ def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int, min_fre
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """The tokenizer that a file written by `save` describes, of whatever kind it holds."""
+    """The tokenizer that a file written by `save` describes, of whatever kind it holds.
+
+    A Hugging Face tokenizer.json (no "type", a "model") loads as PretrainedTokenizer.from_file(path).
+    """
     return Tokenizer.load(path)
+
+
+# What _read_file returns for a Hugging Face tokenizer.json, which only the pretrained kind reads.
+_HF_TOKENIZER_JSON = "hugging_face_tokenizer_json"
 
 
 def _read_file(path) -> dict:
@@ -288,13 +301,15 @@ def _read_file(path) -> dict:
             spec = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read tokenizer file {path}: {e}") from e
+    if isinstance(spec, dict) and "type" not in spec and "model" in spec and "pretrained" in _KINDS:
+        return {"type": "pretrained", _HF_TOKENIZER_JSON: True}  # _build reads it with its sibling files
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(f"tokenizer file {path} is corrupt: expected a JSON object with a 'type', got {spec!r:.200}")
     if spec["type"] not in _KINDS:
         raise ValueError(f"tokenizer file {path} has type {spec['type']!r}; known types: {tuple(_KINDS)}")
     if spec.get("version") != FILE_VERSION:
         raise ValueError(f"tokenizer file {path} has version {spec.get('version')!r}; this code reads {FILE_VERSION}")
-    if spec.get("special_tokens") != list(SPECIAL_TOKENS):
+    if _KINDS[spec["type"]].fixed_special_ids and spec.get("special_tokens") != list(SPECIAL_TOKENS):
         # Files from before the shared special tokens (a byte tokenizer with PAD=0 BOS=1 EOS=2
         # and bytes from id 3) have none; reading them with today's ids would garble every token.
         raise ValueError(
@@ -305,6 +320,8 @@ def _read_file(path) -> dict:
 
 
 def _build(spec: dict, path) -> Tokenizer:
+    if spec.get(_HF_TOKENIZER_JSON) is True:
+        return _KINDS["pretrained"].from_file(path)
     try:
         added = spec.get("added_tokens", [])
         if not isinstance(added, list):
@@ -343,8 +360,22 @@ def check_added_tokens(tokens, field: str = "added_tokens") -> tuple[str, ...]:
     return tokens
 
 
+def _forward_to_base(name: str) -> property:
+    return property(lambda self: getattr(self.base, name), doc=f"The base tokenizer's {name}.")
+
+
 class AddedTokens(Tokenizer):
     """`base` with `tokens` appended as ids base.vocab_size, base.vocab_size + 1, ..."""
+
+    # The special ids are the base's: the fixed ones for our kinds, a pretrained tokenizer's own.
+    special_tokens = _forward_to_base("special_tokens")
+    pad_id = _forward_to_base("pad_id")
+    unk_id = _forward_to_base("unk_id")
+    cls_id = _forward_to_base("cls_id")
+    sep_id = _forward_to_base("sep_id")
+    mask_id = _forward_to_base("mask_id")
+    bos_id = _forward_to_base("bos_id")
+    eos_id = _forward_to_base("eos_id")
 
     def __init__(self, base: Tokenizer, tokens):
         if isinstance(base, AddedTokens):
@@ -408,6 +439,9 @@ class AddedTokens(Tokenizer):
 
     def _fields(self) -> dict:
         return {**self.base._fields(), "added_tokens": list(self.added)}
+
+    def _check_special_tokens(self, where: str) -> None:
+        self.base._check_special_tokens(where)  # added tokens never shadow the base's (see __init__)
 
     def __repr__(self) -> str:
         return f"{type(self.base).__name__}(vocab_size={self.vocab_size}, added_tokens={list(self.added)})"

@@ -16,6 +16,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from research.models import hf
 from research.train.faults import NonFiniteError
 
 # A resumed run must compute the same function on the same data stream.
@@ -248,8 +249,11 @@ def init_from(workdir, params):
 
     For fine-tuning: a classifier head or a new adapter keeps its fresh init,
     the pretrained body is loaded. A shared path with another shape is an error
-    naming the path; no shared path at all is an error too.
+    naming the path; no shared path at all is an error too. `workdir` may be a
+    Hugging Face folder (research.models.hf), converted to our parameter paths.
     """
+    if hf.is_hf_folder(workdir):
+        return _init_from_hf(workdir, params)
     workdir = absolute(workdir)
     manager = _params_reader(workdir)
     step = manager.latest_step()
@@ -304,6 +308,26 @@ def _params_reader(workdir) -> ocp.CheckpointManager:
         item_handlers={"state": ocp.PyTreeCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(create=False),  # reads only; never makes a directory
     )
+
+
+def _init_from_hf(folder, params):
+    hf_config = hf.read_config(str(folder))
+    model = hf.config_from_hf(hf_config)
+    converted = hf.flat_params(hf.from_state_dict(hf.read_weights(str(folder)), model, hf_config["model_type"]))
+
+    def pick(path, leaf):
+        key = "/".join(str(getattr(p, "key", p)) for p in path)
+        if key not in converted:
+            return leaf
+        if converted[key].shape != tuple(leaf.shape):
+            raise ValueError(f"train.init_from: parameter {key} has shape {converted[key].shape} in {folder}"
+                             f" but {tuple(leaf.shape)} in this model")  # fmt: skip
+        return jax.device_put(converted[key].astype(leaf.dtype), getattr(leaf, "sharding", None))
+
+    out = jax.tree_util.tree_map_with_path(pick, params)
+    if all(a is b for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(params), strict=True)):
+        raise ValueError(f"train.init_from={str(folder)!r} shares no parameter path with this model")
+    return out
 
 
 def _drop_none(tree):

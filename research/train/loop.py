@@ -17,8 +17,9 @@ from etils import epath
 from tqdm import tqdm
 
 from research.data.pipeline import document_texts
+from research.models import hf
 from research.tokenizers import ByteTokenizer, load_tokenizer, train_tokenizer
-from research.train import checkpoint
+from research.train import checkpoint, runs
 from research.train.faults import NonfiniteStreak, Preempted, StopRequests
 from research.train.metrics import MetricsWriter
 from research.train.report import write_report
@@ -47,12 +48,26 @@ def workdir_tokenizer(config, workdir):
             )
         return tokenizer
     for source in filter(None, (get_task(config.train.task).base_workdir(config), config.train.init_from)):
+        if hf.is_hf_folder(source):
+            if d.tokenizer == "pretrained":
+                return runs.read_tokenizer(source, "the pretrained source").with_added_tokens(d.added_tokens.split())
+            continue
         path, saved = epath.Path(source) / "tokenizer.json", epath.Path(source) / "config.json"
         if path.exists() and saved.exists():
             other = json.loads(saved.read_text()).get("data", {})
             theirs = (other.get("tokenizer"), other.get("vocab_size"), other.get("added_tokens", ""))
-            if theirs == (d.tokenizer, d.vocab_size, d.added_tokens):
+            if d.tokenizer == "pretrained":  # its vocabulary is the source's, whatever data.vocab_size says
+                theirs, ours = theirs[::2], (d.tokenizer, d.added_tokens)
+            else:
+                ours = (d.tokenizer, d.vocab_size, d.added_tokens)
+            if theirs == ours:
                 return load_tokenizer(path)
+    if d.tokenizer == "pretrained":
+        raise ValueError(
+            "data.tokenizer='pretrained' takes the tokenizer.json of the Hugging Face model this run starts from "
+            "(train.init_from or the task's base), but neither names one (or a run trained from one) with "
+            f"data.added_tokens={d.added_tokens!r}"
+        )
     if d.tokenizer == "byte":  # nothing to learn
         return ByteTokenizer().with_added_tokens(d.added_tokens.split())
     texts = document_texts(data_spec(config), max_bytes=d.tokenizer_sample_bytes)
@@ -123,6 +138,7 @@ def window_metrics(window: list[dict]) -> dict:
 def train(config, workdir) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
     # --- Validate everything before compiling or writing anything. ---
+    config = runs.with_pretrained_source(config)  # a Hugging Face start fixes the architecture and tokenizer
     validate_config(config)
     workdir = epath.Path(workdir)
     check_batch_fits_mesh(config, jax.device_count())

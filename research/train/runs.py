@@ -14,8 +14,13 @@ base run's merged parameters, quantized for QLoRA, or a seeded random base),
 and `load_run` restores the trained tree on top. Every array is restored
 straight into the shardings the training rules give on `mesh`.
 
+A Hugging Face decoder folder (config.json + safetensors + tokenizer.json, gpt2 or
+llama) is read wherever a workdir is: `read_config` describes it as a plain lm run
+of its architecture with data.tokenizer "pretrained", `read_tokenizer` loads its
+tokenizer.json with its own special ids, and `load_run` converts its weights.
+
 Used by: SFT and the preference/RL tasks (base, reference, reward model),
-the distillation teacher, research.sample, Best-of-N and the evaluators.
+the distillation teacher, research.sample, research.export, Best-of-N and the evaluators.
 """
 
 from __future__ import annotations
@@ -26,15 +31,23 @@ import json
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 from etils import epath
 
 from research import config as config_lib
-from research.models import DecoderLM
+from research.models import DecoderLM, hf
 from research.peft.model import AdaptedModel, PeftSpec
-from research.tokenizers import load_tokenizer
+from research.tokenizers import PretrainedTokenizer, load_tokenizer
 from research.train import checkpoint
 from research.train.sharding import logical_shardings, make_mesh, strip_boxes
-from research.train.tasks import get_task
+from research.train.tasks import get_task, task_config
+
+# The model fields a checkpoint's architecture fixes (what Hugging Face's config.json says); a run
+# starting from a pretrained model takes these from it (`with_pretrained_source`).
+ARCHITECTURE = (
+    "vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim", "ffn", "norm", "norm_eps",
+    "position", "rope_theta", "max_len", "tie_embeddings", "scale_tied_logits", "use_bias",
+)  # fmt: skip
 
 
 def adapted_model(config, vocab_size: int) -> AdaptedModel:
@@ -62,10 +75,64 @@ def _abstract(boxed, mesh):
 
 
 def read_config(workdir, *, field: str = "workdir") -> ml_collections.ConfigDict:
+    """The run's config.json; for a Hugging Face folder, `pretrained_config`."""
+    if hf.is_hf_folder(workdir):
+        return pretrained_config(workdir, field=field)
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise ValueError(f"{field}={str(workdir)!r} holds no config.json: not a training workdir")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def pretrained_config(folder, *, field: str) -> ml_collections.ConfigDict:
+    """A Hugging Face decoder folder described as one of our runs: an lm run of its architecture
+    (config.json), data.tokenizer "pretrained", seq_len within its context."""
+    hf_config = hf.read_config(str(folder))
+    try:
+        model = hf.config_from_hf(hf_config)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{field}={str(folder)!r}: {type(e).__name__}: {e}") from None
+    if hf.family(hf_config["model_type"]).build is not DecoderLM:
+        raise ValueError(
+            f"{field}={str(folder)!r} is a {hf_config['model_type']!r} checkpoint; only decoder LMs "
+            "(gpt2, llama) can stand in for a decoder run"
+        )
+    config = task_config("lm")
+    for key in ARCHITECTURE:
+        config.model[key] = getattr(model, key)
+    config.data.tokenizer = "pretrained"
+    config.data.seq_len = min(config.data.seq_len, model.max_len)
+    return config
+
+
+def pretrained_source(config) -> str:
+    """The model this run starts from (its task's base, else train.init_from) when that is a Hugging
+    Face folder or a run derived from one (data.tokenizer "pretrained"); else ""."""
+    for source in filter(None, (base_workdir(config), config.train.init_from)):
+        if hf.is_hf_folder(source):
+            return source
+        saved = epath.Path(source) / "config.json"
+        if saved.exists() and json.loads(saved.read_text()).get("data", {}).get("tokenizer") == "pretrained":
+            return source
+    return ""
+
+
+def with_pretrained_source(config) -> ml_collections.ConfigDict:
+    """`config` with the architecture (model.ARCHITECTURE fields) and the tokenizer ("pretrained") of the
+    pretrained model it starts from, if any: its shapes and ids are not the run's to choose."""
+    source = pretrained_source(config)
+    if not source:
+        return config
+    theirs = read_config(source, field="the pretrained source")
+    taken = [f"model.{k}={theirs.model[k]!r}" for k in ARCHITECTURE if config.model[k] != theirs.model[k]]
+    if taken:
+        logging.info("From the pretrained model %s: %s", source, ", ".join(taken))
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for key in ARCHITECTURE:
+            config.model[key] = theirs.model[key]
+        config.data.tokenizer = "pretrained"
+    return config
 
 
 def check_same_model(config, tokenizer, workdir, *, field: str) -> None:
@@ -94,9 +161,27 @@ def check_same_model(config, tokenizer, workdir, *, field: str) -> None:
 
 def read_tokenizer(workdir, field):
     path = epath.Path(workdir) / "tokenizer.json"
+    if hf.is_hf_folder(workdir):
+        if not path.exists():
+            raise ValueError(f"{field}={str(workdir)!r} is a Hugging Face folder without tokenizer.json")
+        tokenizer = PretrainedTokenizer.from_file(path)
+        rows = hf.read_config(str(workdir)).get("vocab_size")
+        if isinstance(rows, int) and tokenizer.vocab_size > rows:
+            raise ValueError(
+                f"{field}={str(workdir)!r}: tokenizer.json has {tokenizer.vocab_size} tokens but the checkpoint's "
+                f"embedding has {rows} rows (vocab_size in config.json): they belong to different models"
+            )
+        return tokenizer
     if not path.exists():
         raise ValueError(f"{field}={str(workdir)!r} holds no tokenizer.json: not a finished training workdir")
     return load_tokenizer(path)
+
+
+def pretrained_params(folder, model_config, shardings):
+    """A Hugging Face folder's weights as our plain parameter tree, placed on `shardings`."""
+    model_type = hf.read_config(str(folder))["model_type"]
+    boxed = hf.from_state_dict(hf.read_weights(str(folder)), model_config, model_type)
+    return jax.device_put(strip_boxes(boxed), shardings)
 
 
 def frozen_base(adapted: AdaptedModel, config, tokenizer, base_workdir: str, mesh, *, field: str):
@@ -173,8 +258,12 @@ def load_run(workdir, mesh=None, *, field: str = "workdir") -> LoadedRun:
         raise ValueError(f"{field}={str(workdir)!r}: {e}") from None
     mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1)) if mesh is None else mesh
     boxed = jax.eval_shape(lambda r: adapted.init_trainable(r, init_tokens(config)), jax.random.key(0))
+    abstract = _abstract(boxed, mesh)
     try:
-        params = checkpoint.latest_params(workdir, _abstract(boxed, mesh))
+        if hf.is_hf_folder(workdir):
+            params = pretrained_params(workdir, adapted.config, jax.tree.map(lambda a: a.sharding, abstract))
+        else:
+            params = checkpoint.latest_params(workdir, abstract)
     except ValueError as e:
         raise ValueError(f"{field}: {e}") from None
     base = frozen_base(adapted, config, tokenizer, base_workdir(config), mesh, field=f"{field}'s base")

@@ -127,19 +127,33 @@ def test_export_round_trip_through_transformers(pair, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, nn.unbox(again), nn.unbox(params))
 
 
-def test_safetensors_files_agree_with_the_safetensors_package(tmp_path):
-    st = pytest.importorskip(
-        "safetensors.numpy",
-        reason="safetensors (with the peers extra) not installed: our reader is unchecked against it",
-    )
-    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b.c": np.array([1, -2], np.int64)}
-    io.write_safetensors(str(tmp_path / "ours.safetensors"), tensors)
-    theirs = st.load_file(str(tmp_path / "ours.safetensors"))
-    st.save_file(tensors, str(tmp_path / "theirs.safetensors"))
-    mine = io.read_safetensors(str(tmp_path / "theirs.safetensors"))
+def test_safetensors_are_read_lazily_memory_mapped_and_keep_bfloat16(tmp_path, monkeypatch):
+    import ml_dtypes
+
+    tensors = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b.c": np.array([1, -2], np.int64),
+        "h": np.array([0.5, -3.0], ml_dtypes.bfloat16),
+    }
+    path = str(tmp_path / "model.safetensors")
+    io.write_safetensors(path, tensors)
+    torch_bf16 = {"h": torch.tensor([0.5, -3.0], dtype=torch.bfloat16)}  # as torch writes it
+    from safetensors.torch import save_file
+
+    save_file(torch_bf16, str(tmp_path / "torch.safetensors"))
+    assert io.read_safetensors(str(tmp_path / "torch.safetensors"))["h"].dtype == ml_dtypes.bfloat16
+    lazy = io.read_weights(str(tmp_path))
+    assert sorted(lazy) == sorted(tensors) and lazy.shape("a") == (2, 3)
+    reads = []
+    get = type(lazy).__getitem__
+    monkeypatch.setattr(type(lazy), "__getitem__", lambda self, k: reads.append(k) or get(self, k))
     for k, v in tensors.items():
-        np.testing.assert_array_equal(theirs[k], v)
-        np.testing.assert_array_equal(mine[k], v)
+        np.testing.assert_array_equal(lazy[k], v)
+        assert lazy[k].dtype == v.dtype
+    assert reads == [k for k in tensors for _ in range(2)]  # nothing read before it was asked for
+    (tmp_path / "bad.safetensors").write_bytes(b"\x01\x00")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        io.read_safetensors(str(tmp_path / "bad.safetensors"))
 
 
 def test_bad_checkpoints_name_the_tensor_or_file(tmp_path):

@@ -4,12 +4,17 @@
     save_pretrained("/tmp/out", model, params)               # a folder transformers' from_pretrained reads
 
 Families (Hugging Face `model_type` -> our model): gpt2, llama -> DecoderLM; bert -> EncoderModel;
-t5 -> EncoderDecoder.
+t5 -> EncoderDecoder. A Hugging Face folder also stands in for a training workdir wherever a run
+reads another model (research.train.runs: `train.init_from`, a PEFT base, a teacher, a reference,
+research.sample), and `python -m research.export` writes one from a workdir.
 `params` come back boxed (nn.Partitioned) with our logical axis names, like
 `init_params`, so research.train.sharding shards them as it shards a fresh init.
 """
 
+import json
+
 import jax
+from etils import epath
 
 from research.models.hf import bert, gpt2, llama, t5
 from research.models.hf.common import Tensors, assemble, flat_params
@@ -23,6 +28,31 @@ def family(name: str):
     if name not in FAMILIES:
         raise ValueError(f"model_type={name!r} has no converter; known: {sorted(FAMILIES)}")
     return FAMILIES[name]
+
+
+def is_hf_folder(path) -> bool:
+    """Whether `path` is a Hugging Face checkpoint folder (a config.json naming a model_type), not a
+    training workdir of ours (whose config.json holds the run's sections)."""
+    if not path:
+        return False
+    file = epath.Path(path) / "config.json"
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config and "train" not in config
+
+
+def decoder_model_type(config) -> str:
+    """The Hugging Face model_type that holds a DecoderLM of `config` exactly: gpt2 or llama."""
+    reasons = []
+    for name in ("gpt2", "llama"):
+        try:
+            family(name).check(config)
+            return name
+        except ValueError as e:
+            reasons.append(f"{name}: {e}")
+    raise ValueError(f"this model has no Hugging Face form: {'; '.join(reasons)}")
 
 
 def config_from_hf(hf_config: dict, **overrides):
@@ -71,7 +101,9 @@ def save_pretrained(path: str, model, params, model_type: str) -> None:
 __all__ = [
     "FAMILIES",
     "config_from_hf",
+    "decoder_model_type",
     "family",
+    "is_hf_folder",
     "from_state_dict",
     "load_pretrained",
     "read_config",

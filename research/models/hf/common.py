@@ -9,7 +9,7 @@ fresh `init` and shards with the same rules. Export is the inverse, over flat
 """
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import flax.linen as nn
 import jax
@@ -26,24 +26,22 @@ class Tensors:
     names tensors one way.
     """
 
-    def __init__(self, tensors: dict[str, np.ndarray], *, prefixes: Iterable[str] = ()):
-        self.tensors = {}
-        for name, x in tensors.items():
-            for p in prefixes:
-                if name.startswith(p):
-                    name = name[len(p) :]
-                    break
-            self.tensors[name] = x
+    def __init__(self, tensors: Mapping[str, np.ndarray], *, prefixes: Iterable[str] = ()):
+        self.source = tensors  # may be lazy (research.models.hf.io.LazyTensors): read on `take` only
+        self.names = {}  # our name (prefix stripped) -> the checkpoint's
+        for name in tensors:
+            short = next((name[len(p) :] for p in prefixes if name.startswith(p)), name)
+            self.names[short] = name
         self.used: set[str] = set()
 
     def __contains__(self, name: str) -> bool:
-        return name in self.tensors
+        return name in self.names
 
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """The tensor `name` as float32 numpy, which must have `shape` (the config's)."""
-        if name not in self.tensors:
+        if name not in self.names:
             raise ValueError(f"checkpoint has no tensor {name!r} (the config needs it)")
-        x = self.tensors[name]
+        x = self.source[self.names[name]]
         if tuple(x.shape) != tuple(shape):
             raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(x.shape)}, the config needs {tuple(shape)}")
         self.used.add(name)
@@ -52,7 +50,7 @@ class Tensors:
     def check_all_used(self, ignore: Iterable[str] = ()) -> None:
         """Raises naming tensors neither used nor matching an `ignore` regex (e.g. more layers than the config)."""
         patterns = [re.compile(p) for p in ignore]
-        left = sorted(n for n in self.tensors if n not in self.used and not any(p.fullmatch(n) for p in patterns))
+        left = sorted(n for n in self.names if n not in self.used and not any(p.fullmatch(n) for p in patterns))
         if left:
             more = f" (and {len(left) - 8} more)" if len(left) > 8 else ""
             raise ValueError(f"checkpoint tensors the config has no place for: {left[:8]}{more}")

@@ -1,18 +1,21 @@
 """Reading and writing Hugging Face checkpoint folders: config.json + safetensors (or PyTorch .bin) weights.
 
-Safetensors is a tiny format (an 8-byte little-endian header length, a JSON
-header of name -> dtype/shape/byte range, then the raw bytes), read and written
-here with numpy alone, so loading a checkpoint needs neither torch nor the
-safetensors package. Only the legacy pickled `pytorch_model.bin` needs torch.
-Nothing is ever downloaded: a path is a local folder (or a single weights file).
+Safetensors go through the `safetensors` package, memory-mapped: `read_safetensors`
+returns a lazy name -> array mapping whose tensors are read from the page cache
+only when a converter takes them (each one once, cast straight to the model's
+dtype), so a checkpoint is never held in memory whole, let alone twice. Only the
+legacy pickled `pytorch_model.bin` needs torch. Nothing is ever downloaded: a path
+is a local folder (or a single weights file).
 """
 
 import json
 import os
-import struct
+from collections.abc import Iterator, Mapping
 
-import ml_dtypes
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors' numpy reader needs)
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -20,64 +23,63 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 
-_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+class LazyTensors(Mapping):
+    """name -> numpy array over safetensors files, each tensor read when it is looked up.
+
+    `shape(name)` answers from the header alone; iterating yields names without reading data.
+    """
+
+    def __init__(self, files: dict[str, str]):
+        self._files = files  # tensor name -> the file holding it
+        self._handles: dict[str, object] = {}
+
+    @classmethod
+    def open(cls, paths) -> "LazyTensors":
+        files = {}
+        for path in paths:
+            for name in _handle(path).keys():
+                files[name] = path
+        return cls(files)
+
+    def _open(self, path):
+        if path not in self._handles:
+            self._handles[path] = _handle(path)
+        return self._handles[path]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._files:
+            raise KeyError(name)
+        try:
+            return self._open(self._files[name]).get_tensor(name)
+        except (SafetensorError, TypeError) as e:  # TypeError: a dtype numpy cannot hold
+            raise ValueError(f"{self._files[name]}: cannot read tensor {name!r}: {e}") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._open(self._files[name]).get_slice(name).get_shape())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """name -> numpy array (a copy, little-endian), for every tensor in one .safetensors file."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8:
-        raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise ValueError(f"{path}: not a safetensors file (header length {n} exceeds the file)")
-    header = json.loads(data[8 : 8 + n])
-    body = memoryview(data)[8 + n :]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}; known {sorted(_DTYPES)}")
-        begin, end = info["data_offsets"]
-        dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
-        out[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(info["shape"]).copy()
-    return out
+def _handle(path: str):
+    try:
+        return safe_open(path, framework="numpy")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file: {e}") from None
+
+
+def read_safetensors(path: str) -> LazyTensors:
+    """name -> numpy array for every tensor in one .safetensors file, read lazily (memory-mapped)."""
+    return LazyTensors.open([path])
 
 
 def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Writes `tensors` (name -> array) in the safetensors layout, tensors in name order."""
-    header, chunks, offset = {}, [], 0
-    for name in sorted(tensors):
-        x = np.ascontiguousarray(tensors[name])
-        if x.dtype not in _CODES:
-            raise ValueError(f"tensor {name!r}: dtype {x.dtype} has no safetensors code; known {sorted(_CODES)}")
-        raw = x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": _CODES[x.dtype], "shape": list(x.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the format pads the header so the data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for raw in chunks:
-            f.write(raw)
+    """Writes `tensors` (name -> array) as one safetensors file."""
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, path, metadata=metadata)
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
@@ -95,14 +97,19 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_sharded(folder: str, index_file: str, reader) -> dict[str, np.ndarray]:
+def _read_sharded(folder: str, index_file: str, reader) -> Mapping[str, np.ndarray]:
     with open(os.path.join(folder, index_file)) as f:
         weight_map = json.load(f)["weight_map"]
-    out = {}
+    shards = []
     for shard in sorted(set(weight_map.values())):
         shard_path = os.path.join(folder, shard)
         if not os.path.exists(shard_path):
             raise FileNotFoundError(f"checkpoint shard {shard!r} listed in {index_file} is missing from {folder}")
+        shards.append(shard_path)
+    if reader is read_safetensors:
+        return LazyTensors.open(shards)
+    out = {}
+    for shard_path in shards:
         out.update(reader(shard_path))
     return out
 
@@ -118,7 +125,7 @@ def read_config(path: str) -> dict:
         return json.load(f)
 
 
-def read_weights(path: str) -> dict[str, np.ndarray]:
+def read_weights(path: str) -> Mapping[str, np.ndarray]:
     """All tensors of a checkpoint: a weights file, or a folder holding one of
     model.safetensors, its sharded index, pytorch_model.bin or its sharded index."""
     if os.path.isfile(path):
