@@ -253,7 +253,7 @@ def init_from(workdir, params):
     Hugging Face folder (research.models.hf), converted to our parameter paths.
     """
     if hf.is_hf_folder(workdir):
-        return _init_from_hf(workdir, params)
+        return _init_from_hf(hf.resolve(workdir), params)
     workdir = absolute(workdir)
     manager = _params_reader(workdir)
     step = manager.latest_step()

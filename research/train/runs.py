@@ -77,7 +77,7 @@ def _abstract(boxed, mesh):
 def read_config(workdir, *, field: str = "workdir") -> ml_collections.ConfigDict:
     """The run's config.json; for a Hugging Face folder, `pretrained_config`."""
     if hf.is_hf_folder(workdir):
-        return pretrained_config(workdir, field=field)
+        return pretrained_config(hf.resolve(workdir), field=field)
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise ValueError(f"{field}={str(workdir)!r} holds no config.json: not a training workdir")
@@ -160,6 +160,8 @@ def check_same_model(config, tokenizer, workdir, *, field: str) -> None:
 
 
 def read_tokenizer(workdir, field):
+    if hf.is_hf_folder(workdir):
+        workdir = hf.resolve(workdir)
     path = epath.Path(workdir) / "tokenizer.json"
     if hf.is_hf_folder(workdir):
         if not path.exists():
@@ -249,9 +251,9 @@ def load_run(workdir, mesh=None, *, field: str = "workdir") -> LoadedRun:
     field: the config key or flag that named `workdir`, for error messages. Only parameters are
     read (no optimizer state, no data iterator).
     """
-    workdir = epath.Path(workdir)
     config = read_config(workdir, field=field)
     tokenizer = read_tokenizer(workdir, field)
+    workdir = epath.Path(hf.resolve(workdir))
     try:
         adapted = adapted_model(config, tokenizer.vocab_size)
     except ValueError as e:

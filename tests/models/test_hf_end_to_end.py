@@ -191,3 +191,27 @@ def test_lora_sft_on_the_folder_as_base_exports_merged(folder, tmp_path):
     assert np.abs(adapted - base).max() > 1e-3  # LoRA moved the model
     export(workdir, str(tmp_path / "merged"))
     np.testing.assert_allclose(_their_logits(tmp_path / "merged", tokens), adapted, atol=1e-4)
+
+
+def test_a_hub_id_reads_the_local_cache_offline(folder, tmp_path, monkeypatch):
+    """hf://ORG/NAME resolves through huggingface_hub; offline, from a cache laid out as the Hub's."""
+    from huggingface_hub import constants
+
+    cache, sha = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
+    snapshot = cache / "models--tiny--gpt2" / "snapshots" / sha
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (cache / "models--tiny--gpt2" / "refs").mkdir()
+    (cache / "models--tiny--gpt2" / "refs" / "main").write_text(sha)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network in tests, and none needed
+    hf.resolve.cache_clear()
+    run = runs.load_run("hf://tiny/gpt2")
+    tokens = run.tokenizer.encode(TEXTS[1])[None]
+    np.testing.assert_allclose(_our_logits(run, tokens), _their_logits(folder, tokens), atol=1e-4)
+    with pytest.raises(ValueError, match="hf://tiny/absent.*not in the local Hugging Face cache"):
+        runs.load_run("hf://tiny/absent")
+    with pytest.raises(ValueError, match="a Hub id is hf://NAME or hf://ORG/NAME"):
+        hf.resolve("hf://a/b/c")
+    hf.resolve.cache_clear()

@@ -17,6 +17,7 @@ import jax
 from etils import epath
 
 from research.models.hf import bert, gpt2, llama, t5
+from research.models.hf.hub import is_hub_id, resolve
 from research.models.hf.common import Tensors, assemble, flat_params
 from research.models.hf.io import read_config, read_safetensors, read_weights, write_checkpoint, write_safetensors
 
@@ -32,10 +33,11 @@ def family(name: str):
 
 def is_hf_folder(path) -> bool:
     """Whether `path` is a Hugging Face checkpoint folder (a config.json naming a model_type), not a
-    training workdir of ours (whose config.json holds the run's sections)."""
+    training workdir of ours (whose config.json holds the run's sections); a Hub id ("hf://ORG/NAME",
+    research.models.hf.hub) names the folder of its snapshot."""
     if not path:
         return False
-    file = epath.Path(path) / "config.json"
+    file = epath.Path(resolve(path)) / "config.json"
     try:
         config = json.loads(file.read_text())
     except (OSError, ValueError):
@@ -104,6 +106,8 @@ __all__ = [
     "decoder_model_type",
     "family",
     "is_hf_folder",
+    "is_hub_id",
+    "resolve",
     "from_state_dict",
     "load_pretrained",
     "read_config",
