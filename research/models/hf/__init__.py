@@ -17,8 +17,8 @@ import jax
 from etils import epath
 
 from research.models.hf import bert, gpt2, llama, t5
-from research.models.hf.hub import is_hub_id, resolve
 from research.models.hf.common import Tensors, assemble, flat_params
+from research.models.hf.hub import is_hub_id, resolve
 from research.models.hf.io import read_config, read_safetensors, read_weights, write_checkpoint, write_safetensors
 
 FAMILIES = {m: module for module in (gpt2, llama, bert, t5) for m in module.MODEL_TYPES}

@@ -25,7 +25,7 @@ def is_hub_id(source) -> bool:
     return isinstance(source, str) and source.startswith(PREFIX)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve(source):
     """The local folder `source` names: itself, or the snapshot of a "hf://ORG/NAME[@REVISION]" id."""
     if not is_hub_id(source):
@@ -36,7 +36,9 @@ def resolve(source):
     try:
         from huggingface_hub import constants, errors, snapshot_download
     except ImportError as e:
-        raise ImportError(f"{source!r} is a Hub id: reading it needs huggingface_hub (pip install huggingface_hub)") from e
+        raise ImportError(
+            f"{source!r} is a Hub id: reading it needs huggingface_hub (pip install -e ".[hub]")"
+        ) from e
     try:
         return snapshot_download(repo, revision=revision or None, allow_patterns=list(FILES))
     except (errors.LocalEntryNotFoundError, errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as e:
