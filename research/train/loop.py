@@ -28,6 +28,7 @@ from research.train.sources import to_global
 from research.train.state import count_params, create_train_state, learning_rate_schedule, make_optimizer, state_shapes
 from research.train.step import eval_step, train_step
 from research.train.tasks import data_spec, get_task, validate_config
+from research.train.utilization import Utilization
 
 
 def workdir_tokenizer(config, workdir):
@@ -188,6 +189,7 @@ def train(config, workdir) -> dict:
 
         # --- Loop. ---
         writer = MetricsWriter(workdir, config)
+        utilization = Utilization(getattr(task.model, "config", None), config.data.seq_len)
         if start == 0:
             writer.write(
                 0,
@@ -195,6 +197,7 @@ def train(config, workdir) -> dict:
                     "num_params": count_params(state.params),
                     "devices": jax.device_count(),
                     "processes": jax.process_count(),
+                    **utilization.header(),
                 },
             )
         tokens_per_step = task.tokens_per_step()
@@ -226,15 +229,19 @@ def train(config, workdir) -> dict:
                     if logging_now or preempted:
                         window = jax.device_get(window)  # blocks: the timing window ends here
                         elapsed = time.perf_counter() - window_start
+                        tokens_per_sec = timed_steps * tokens_per_step / elapsed if timed_steps else None
                         last = {
                             **window_metrics(window),
                             "learning_rate": float(window[-1]["learning_rate"]),
-                            "tokens_per_sec": timed_steps * tokens_per_step / elapsed if timed_steps else None,
+                            "tokens_per_sec": tokens_per_sec,
+                            **utilization.metrics(tokens_per_sec),  # mfu, device_memory_gb
                             **source.pop_metrics(),  # e.g. an RL source's rollout reward, KL, lengths, timings
                         }
                         writer.write(done, last)
-                        shown = {k: f"{last[k]:.3f}" for k in ("loss", "reward", "kl")
+                        shown = {k: f"{last[k]:.3f}" for k in ("loss", "reward", "kl", "mfu")
                                  if isinstance(last.get(k), float)}  # fmt: skip
+                        if "device_memory_gb" in last:
+                            shown["mem_gb"] = f"{last['device_memory_gb']:.1f}"
                         bar.set_postfix(**shown, tok_s=f"{last['tokens_per_sec'] or 0:.0f}")
                         window, timed_steps, window_start = [], 0, time.perf_counter()
                     evaluating = done % t.eval_every == 0 or done == t.steps

@@ -37,7 +37,7 @@ def resolve(source):
         from huggingface_hub import constants, errors, snapshot_download
     except ImportError as e:
         raise ImportError(
-            f"{source!r} is a Hub id: reading it needs huggingface_hub (pip install -e ".[hub]")"
+            f"{source!r} is a Hub id: reading it needs huggingface_hub (pip install -e '.[hub]')"
         ) from e
     try:
         return snapshot_download(repo, revision=revision or None, allow_patterns=list(FILES))
