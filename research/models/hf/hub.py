@@ -36,9 +36,7 @@ def resolve(source):
     try:
         from huggingface_hub import constants, errors, snapshot_download
     except ImportError as e:
-        raise ImportError(
-            f"{source!r} is a Hub id: reading it needs huggingface_hub (pip install -e '.[hub]')"
-        ) from e
+        raise ImportError(f"{source!r} is a Hub id: reading it needs huggingface_hub (pip install -e '.[hub]')") from e
     try:
         return snapshot_download(repo, revision=revision or None, allow_patterns=list(FILES))
     except (errors.LocalEntryNotFoundError, errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as e:
