@@ -68,7 +68,7 @@ def init_tokens(config) -> jax.Array:
     return jnp.zeros((1, config.data.seq_len), jnp.int32)
 
 
-def _abstract(boxed, mesh):
+def abstract_params(boxed, mesh):
     """Boxed shapes -> ShapeDtypeStructs carrying the shardings the logical rules give on `mesh`."""
     shardings = logical_shardings(boxed, mesh)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(boxed), shardings)
@@ -193,7 +193,7 @@ def frozen_base(adapted: AdaptedModel, config, tokenizer, base_workdir: str, mes
         return None
     core = DecoderLM(adapted.config)
     boxed = jax.eval_shape(lambda r: core.init(r, init_tokens(config))["params"], jax.random.key(0))
-    abstract = _abstract(boxed, mesh)
+    abstract = abstract_params(boxed, mesh)
     if base_workdir:
         check_same_model(config, tokenizer, base_workdir, field=field)
         base_run = load_run(base_workdir, mesh, field=field)
@@ -260,7 +260,7 @@ def load_run(workdir, mesh=None, *, field: str = "workdir") -> LoadedRun:
         raise ValueError(f"{field}={str(workdir)!r}: {e}") from None
     mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1)) if mesh is None else mesh
     boxed = jax.eval_shape(lambda r: adapted.init_trainable(r, init_tokens(config)), jax.random.key(0))
-    abstract = _abstract(boxed, mesh)
+    abstract = abstract_params(boxed, mesh)
     try:
         if hf.is_hf_folder(workdir):
             params = pretrained_params(workdir, adapted.config, jax.tree.map(lambda a: a.sharding, abstract))

@@ -7,7 +7,7 @@ of an MoE layer and the unembedding, plus 12 L d seq for attention scores and va
 (the causal mask is not discounted). Work the hardware does beyond that (norms,
 softmax, rematerialisation, a PEFT run's frozen base without weight gradients) does
 not count, so MFU compares runs and machines, not kernels. A PEFT run is counted as
-full training of its model, as most MFU reports do.
+full training of its model, as most MFU reports do; encoder-decoder runs log no MFU.
 
 The peak is the data-sheet dense bfloat16 peak of the device kind where it is known
 (research.bench.peak.KNOWN_BF16_PEAKS: GPUs and TPUs), else a measured matmul peak on
@@ -21,7 +21,7 @@ import functools
 import jax
 
 from research.bench.peak import known_peak_flops, measure_matmul_peak_flops
-from research.models import ModelConfig
+from research.models import EncoderDecoderConfig, ModelConfig
 
 
 def train_flops_per_token(c: ModelConfig, seq_len: int) -> float:
@@ -60,9 +60,9 @@ class Utilization:
     """What the loop adds to each log line: mfu and device_memory_gb (where each is known)."""
 
     def __init__(self, model_config, seq_len: int):
-        self.flops_per_token = (
-            train_flops_per_token(model_config, seq_len) if isinstance(model_config, ModelConfig) else None
-        )
+        # An encoder-decoder's tokens split into inputs and targets with their own lengths: not counted.
+        counted = isinstance(model_config, ModelConfig) and not isinstance(model_config, EncoderDecoderConfig)
+        self.flops_per_token = train_flops_per_token(model_config, seq_len) if counted else None
         device = jax.devices()[0]
         self.peak, self.peak_source = device_peak_flops(device.device_kind, device.platform)
         self.num_devices = jax.device_count()

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch", reason=REASON)
 transformers = pytest.importorskip("transformers", reason=REASON)
 import tokenizers  # noqa: E402
 
+from research.evaluate import evaluate_run  # noqa: E402
 from research.export import export  # noqa: E402
 from research.models import hf  # noqa: E402
 from research.sample import print_samples  # noqa: E402
@@ -191,6 +192,16 @@ def test_lora_sft_on_the_folder_as_base_exports_merged(folder, tmp_path):
     assert np.abs(adapted - base).max() > 1e-3  # LoRA moved the model
     export(workdir, str(tmp_path / "merged"))
     np.testing.assert_allclose(_their_logits(tmp_path / "merged", tokens), adapted, atol=1e-4)
+    # research.evaluate regenerates the run's last eval: loss and exact match over the frozen converted base
+    again = evaluate_run(workdir, bits_per_byte_bytes=0)
+    assert again["exact_match"] == out["exact_match"]
+    np.testing.assert_allclose(again["eval_loss"], out["eval_loss"], rtol=1e-6)
+
+
+def test_research_evaluate_reads_the_folder(folder, tmp_path):
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:50]))
+    results = evaluate_run(folder, eval_files=str(tmp_path / "eval.jsonl"), eval_batches=1, bits_per_byte_bytes=500)
+    assert results["task"] == "lm" and np.isfinite(results["eval_loss"]) and results["bits_per_byte"] > 0
 
 
 def test_a_hub_id_reads_the_local_cache_offline(folder, tmp_path, monkeypatch):

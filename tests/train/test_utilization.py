@@ -81,4 +81,7 @@ def test_the_loop_logs_mfu_against_the_device_peak(tmp_path):
 
 
 def test_encoder_decoder_runs_log_no_mfu():
-    assert Utilization(None, 128).metrics(1000.0) == {}
+    from research.models import EncoderDecoderConfig
+
+    assert Utilization(EncoderDecoderConfig(vocab_size=64), 128).metrics(1000.0) == {}
+    assert "mfu" in Utilization(_config(), 128).metrics(1000.0)
