@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 import numpy as np
+from etils import epath
 
 # Every kind puts these at ids 0..6 in this order, so code can rely on the ids alone.
 # PAD is 0 because the data packer treats a zero-filled array as padding.
@@ -183,8 +184,8 @@ class Tokenizer:
         """
         spec = {"type": self.type_name, "version": FILE_VERSION, "special_tokens": list(SPECIAL_TOKENS)}
         spec.update(self._fields())
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(json.dumps(spec, ensure_ascii=False) + "\n")
+        # etils: a gs:// (or any etils) workdir as well as a local one.
+        epath.Path(path).write_text(json.dumps(spec, ensure_ascii=False) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -297,8 +298,7 @@ _HF_TOKENIZER_JSON = "hugging_face_tokenizer_json"
 
 def _read_file(path) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
+        spec = json.loads(epath.Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read tokenizer file {path}: {e}") from e
     if isinstance(spec, dict) and "type" not in spec and "model" in spec and "pretrained" in _KINDS:

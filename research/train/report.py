@@ -6,6 +6,8 @@ has no eval loss). The plot shows the training loss and, in a second panel, the
 eval metrics other than loss.
 """
 
+import io
+
 from etils import epath
 from matplotlib.figure import Figure
 
@@ -71,4 +73,6 @@ def write_report(workdir, title: str = "") -> None:
         axes[1].set_title("eval")
         axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(workdir / "loss.png", dpi=100)
+    image = io.BytesIO()  # through etils, so a gs:// workdir gets its plot too
+    fig.savefig(image, format="png", dpi=100)
+    (workdir / "loss.png").write_bytes(image.getvalue())
