@@ -24,13 +24,7 @@ import tokenizers
 from absl import app, flags
 
 from research.models import hf
-from research.tokenizers import PretrainedTokenizer
-from research.tokenizers.base import SPECIAL_TOKENS
-from research.tokenizers.subword import _HuggingFaceTokenizer
 from research.train.runs import load_run
-
-# Our fixed special tokens under the names tokenizer_config.json gives them.
-_ROLES = dict(zip(("pad", "unk", "cls", "sep", "mask", "bos", "eos"), SPECIAL_TOKENS, strict=True))
 
 
 def export(workdir, out) -> str:
@@ -78,10 +72,8 @@ def _write_tokenizer(folder, tokenizer, max_len) -> dict:
     """tokenizer.json + tokenizer_config.json (or research_tokenizer.json); returns the *_token_id fields."""
     base = getattr(tokenizer, "base", tokenizer)  # AddedTokens wraps the kind
     added = list(getattr(tokenizer, "added", ()))
-    if isinstance(base, PretrainedTokenizer):
+    if hasattr(base, "hf_json"):  # the pretrained kind and our tokenizers-library kinds
         spec, roles = base.hf_json(), base.hf_special_tokens()
-    elif isinstance(base, _HuggingFaceTokenizer):
-        spec, roles = base._hf.to_str(), _ROLES
     else:
         tokenizer.save(os.path.join(folder, "research_tokenizer.json"))
         return {}

@@ -50,6 +50,14 @@ class _HuggingFaceTokenizer(Tokenizer):
     def _fields(self) -> dict:
         return {"tokenizer": json.loads(self._hf.to_str())}
 
+    def hf_json(self) -> str:
+        """The library's JSON: a tokenizer.json for Hugging Face (research.export)."""
+        return self._hf.to_str()
+
+    def hf_special_tokens(self) -> dict[str, str]:
+        """{role: token} as tokenizer_config.json names them: our fixed specials."""
+        return dict(zip(("pad", "unk", "cls", "sep", "mask", "bos", "eos"), SPECIAL_TOKENS, strict=True))
+
     @classmethod
     def _from_fields(cls, fields: dict) -> _HuggingFaceTokenizer:
         spec = fields["tokenizer"]

@@ -161,22 +161,26 @@ def check_same_model(config, tokenizer, workdir, *, field: str) -> None:
 
 def read_tokenizer(workdir, field):
     if hf.is_hf_folder(workdir):
-        workdir = hf.resolve(workdir)
+        return _pretrained_tokenizer(hf.resolve(workdir), field)
     path = epath.Path(workdir) / "tokenizer.json"
-    if hf.is_hf_folder(workdir):
-        if not path.exists():
-            raise ValueError(f"{field}={str(workdir)!r} is a Hugging Face folder without tokenizer.json")
-        tokenizer = PretrainedTokenizer.from_file(path)
-        rows = hf.read_config(str(workdir)).get("vocab_size")
-        if isinstance(rows, int) and tokenizer.vocab_size > rows:
-            raise ValueError(
-                f"{field}={str(workdir)!r}: tokenizer.json has {tokenizer.vocab_size} tokens but the checkpoint's "
-                f"embedding has {rows} rows (vocab_size in config.json): they belong to different models"
-            )
-        return tokenizer
     if not path.exists():
         raise ValueError(f"{field}={str(workdir)!r} holds no tokenizer.json: not a finished training workdir")
     return load_tokenizer(path)
+
+
+def _pretrained_tokenizer(folder, field):
+    """A Hugging Face folder's tokenizer.json, which must fit in the checkpoint's embedding."""
+    path = epath.Path(folder) / "tokenizer.json"
+    if not path.exists():
+        raise ValueError(f"{field}={str(folder)!r} is a Hugging Face folder without tokenizer.json")
+    tokenizer = PretrainedTokenizer.from_file(path)
+    rows = hf.read_config(str(folder)).get("vocab_size")
+    if isinstance(rows, int) and tokenizer.vocab_size > rows:
+        raise ValueError(
+            f"{field}={str(folder)!r}: tokenizer.json has {tokenizer.vocab_size} tokens but the checkpoint's "
+            f"embedding has {rows} rows (vocab_size in config.json): they belong to different models"
+        )
+    return tokenizer
 
 
 def pretrained_params(folder, model_config, shardings):

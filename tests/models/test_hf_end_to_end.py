@@ -226,3 +226,31 @@ def test_a_hub_id_reads_the_local_cache_offline(folder, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="a Hub id is hf://NAME or hf://ORG/NAME"):
         hf.resolve("hf://a/b/c")
     hf.resolve.cache_clear()
+
+
+@pytest.mark.parametrize("kind", ["bpe", "byte"])
+def test_our_own_runs_export_as_llama_with_their_tokenizer(kind, tmp_path):
+    """A RoPE/RMSNorm/SwiGLU run of ours is a Llama for transformers; a bpe tokenizer goes out as
+    tokenizer.json (same ids), a byte one, with no Hugging Face form, as research_tokenizer.json."""
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    c = task_config("lm")
+    c.model.update(num_layers=1, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64, ffn="swiglu", norm="rmsnorm",
+                   position="rope", scale_tied_logits=False)  # fmt: skip
+    c.data.update(seq_len=32, tokenizer=kind, vocab_size=300, train_files=str(tmp_path / "train.jsonl"),
+                  eval_files=str(tmp_path / "train.jsonl"))  # fmt: skip
+    c.train.update(steps=2, batch_size=4, eval_every=2, checkpoint_every=2, log_every=1, eval_batches=1, trackers="")
+    data = math.gcd(4, jax.device_count())
+    c.mesh.update(data=data, tensor=jax.device_count() // data)
+    train(c, tmp_path / "run")
+    out = tmp_path / "hf"
+    assert export(tmp_path / "run", str(out)) == "llama"
+    run = runs.load_run(tmp_path / "run")
+    tokens = run.tokenizer.encode(TEXTS[7], add_bos=True)[None]
+    np.testing.assert_allclose(_their_logits(out, tokens), _our_logits(run, tokens), atol=1e-4)
+    if kind == "bpe":
+        theirs = transformers.AutoTokenizer.from_pretrained(out)
+        assert theirs.encode(TEXTS[7], add_special_tokens=False) == tokens[0, 1:].tolist()
+        assert theirs.bos_token_id == run.tokenizer.bos_id and theirs.eos_token_id == run.tokenizer.eos_id
+    else:
+        assert not (out / "tokenizer.json").exists()
+        assert load_tokenizer(out / "research_tokenizer.json").encode(TEXTS[7]).tolist() == tokens[0, 1:].tolist()
