@@ -80,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
         param_dtype="float32",
     )
     c.data = dict(
-        name="python_stdlib",  # our locally generated TFDS dataset, or any TFDS text dataset
+        name="python_stdlib",  # our generated TFDS dataset, any TFDS text dataset, or hf:PATH / hf:REPO[:CONFIG]
         data_dir="",  # "" = TFDS default (~/tensorflow_datasets)
         text_key="text",
         train_split="train",

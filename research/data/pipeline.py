@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 
 from research.data import sentiment, stdlib_corpus  # noqa: F401  (register `toy_sentiment`, `python_stdlib` with TFDS)
 from research.data.files import FileSource
+from research.data.hf_datasets import hf_sources, is_hf_dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +55,16 @@ def load_sources(spec: DataSpec) -> dict:
 
     Datasets that need a download follow TFDS rules (data_dir, manual_dir, ...);
     `python_stdlib` is generated from local files in about a second. With
-    train_files and eval_files set, the sources are those files (research/data/files.py).
+    train_files and eval_files set, the sources are those files (research/data/files.py); a name
+    "hf:..." is a Hugging Face dataset (research/data/hf_datasets.py).
     """
     if spec.train_files or spec.eval_files:
         return {
             "train": FileSource(spec.train_files, spec.text_key, "data.train_files"),
             "eval": FileSource(spec.eval_files, spec.text_key, "data.eval_files"),
         }
+    if is_hf_dataset(spec.name):
+        return hf_sources(spec.name, spec.text_key, spec.train_split, spec.eval_split)
     try:
         builder = tfds.builder(spec.name, data_dir=spec.data_dir, file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError:
