@@ -4,8 +4,10 @@
         --config.distill.teacher_workdir=TEACHER_DIR
 
 The teacher is whatever model a finished workdir holds (its config.json gives
-its architecture, its newest checkpoint its parameters), so teacher and student
-may differ in depth and width; they must share the tokenizer. The teacher's
+its architecture, its newest checkpoint its parameters), or a Hugging Face
+gpt2/llama folder, so teacher and student may differ in depth and width; they must
+share the tokenizer (a student of a Hugging Face teacher sets data.tokenizer=pretrained
+and gets the teacher's). The teacher's
 parameters are the step's `frozen` input: laid out on the same mesh by the same
 logical rules as the student's (so a teacher too large for one device is
 sharded too), never trained, never checkpointed; a resume reloads them from
@@ -30,7 +32,7 @@ def teacher_config(config):
     workdir = config.distill.teacher_workdir
     saved = runs.read_config(workdir, field="distill.teacher_workdir")
     d, sd = config.data, saved.data
-    same_vocab = d.tokenizer == "byte" or d.vocab_size == sd.vocab_size
+    same_vocab = d.tokenizer in ("byte", "pretrained") or d.vocab_size == sd.vocab_size  # fixed by the kind/file
     if sd.tokenizer != d.tokenizer or not same_vocab:
         raise ValueError(
             f"distill.teacher_workdir={workdir!r} used data.tokenizer={sd.tokenizer!r} "
@@ -53,6 +55,11 @@ class DistillTask(Task):
 
     config_sections = {"distill": DISTILL_SECTION}
     resume_must_match = ("distill.teacher_workdir",)
+
+    @classmethod
+    def tokenizer_sources(cls, config) -> tuple[str, ...]:
+        # A student of a Hugging Face teacher (data.tokenizer="pretrained") takes the teacher's tokenizer.
+        return (*super().tokenizer_sources(config), config.distill.teacher_workdir)
 
     @classmethod
     def validate_config(cls, config) -> None:

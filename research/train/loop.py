@@ -33,9 +33,10 @@ from research.train.utilization import Utilization
 
 def workdir_tokenizer(config, workdir):
     """The workdir's saved tokenizer when resuming; else that of the run this one starts from (the
-    base it adapts, or train.init_from) when it has this run's data.tokenizer and vocab_size, so
-    their ids agree; else one trained on the start of the train split. Training is deterministic,
-    so every process of a multi-host run builds the same one.
+    base it adapts, train.init_from, a teacher: Task.tokenizer_sources) when it has this run's
+    data.tokenizer and vocab_size (any vocabulary for "pretrained"), so their ids agree; else one
+    trained on the start of the train split. Training is deterministic, so every process of a
+    multi-host run builds the same one.
     """
     d = config.data
     path = epath.Path(workdir) / "tokenizer.json"
@@ -48,7 +49,7 @@ def workdir_tokenizer(config, workdir):
                 "nothing was changed. Use a new --workdir, or the old value"
             )
         return tokenizer
-    for source in filter(None, (get_task(config.train.task).base_workdir(config), config.train.init_from)):
+    for source in get_task(config.train.task).tokenizer_sources(config):
         if hf.is_hf_folder(source):
             if d.tokenizer == "pretrained":
                 return runs.read_tokenizer(source, "the pretrained source").with_added_tokens(d.added_tokens.split())
@@ -66,8 +67,8 @@ def workdir_tokenizer(config, workdir):
     if d.tokenizer == "pretrained":
         raise ValueError(
             "data.tokenizer='pretrained' takes the tokenizer.json of the Hugging Face model this run starts from "
-            "(train.init_from or the task's base), but neither names one (or a run trained from one) with "
-            f"data.added_tokens={d.added_tokens!r}"
+            "(train.init_from, the task's base or a distillation teacher), but none names one (or a run trained "
+            f"from one) with data.added_tokens={d.added_tokens!r}"
         )
     if d.tokenizer == "byte":  # nothing to learn
         return ByteTokenizer().with_added_tokens(d.added_tokens.split())

@@ -187,6 +187,12 @@ class Task:
         return ""
 
     @classmethod
+    def tokenizer_sources(cls, config) -> tuple[str, ...]:
+        """The runs whose tokenizer this run may share, first match wins (research.train.loop): the base
+        and train.init_from; a task reading another model's logits (a distillation teacher) adds it."""
+        return tuple(filter(None, (cls.base_workdir(config), config.train.init_from)))
+
+    @classmethod
     def validate_config(cls, config) -> None:
         """Checks the task's own sections (the core is checked already); raises ValueError naming the key."""
         del config

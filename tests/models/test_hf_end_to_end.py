@@ -254,3 +254,21 @@ def test_our_own_runs_export_as_llama_with_their_tokenizer(kind, tmp_path):
     else:
         assert not (out / "tokenizer.json").exists()
         assert load_tokenizer(out / "research_tokenizer.json").encode(TEXTS[7]).tolist() == tokens[0, 1:].tolist()
+
+
+def test_a_student_distills_from_the_folder_with_its_tokenizer(folder, tmp_path):
+    """distill.teacher_workdir names the folder; the student (its own, smaller architecture) sets
+    data.tokenizer=pretrained and gets the teacher's tokenizer."""
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    c = task_config("distill")
+    c.model.update(num_layers=1, d_model=16, num_heads=2, num_kv_heads=2, mlp_dim=32)
+    c.data.update(seq_len=32, tokenizer="pretrained", train_files=str(tmp_path / "train.jsonl"),
+                  eval_files=str(tmp_path / "train.jsonl"))  # fmt: skip
+    c.train.update(task="distill", steps=2, batch_size=4, eval_every=2, checkpoint_every=2, log_every=1,
+                   eval_batches=1, trackers="")  # fmt: skip
+    c.distill.teacher_workdir = str(folder)
+    data = math.gcd(4, jax.device_count())
+    c.mesh.update(data=data, tensor=jax.device_count() // data)
+    assert np.isfinite(train(c, tmp_path / "student")["eval_loss"])
+    student = runs.load_run(tmp_path / "student")
+    assert student.model.config.d_model == 16 and student.tokenizer.eos_id == student.tokenizer.vocab_size - 1
