@@ -272,3 +272,41 @@ def test_a_student_distills_from_the_folder_with_its_tokenizer(folder, tmp_path)
     assert np.isfinite(train(c, tmp_path / "student")["eval_loss"])
     student = runs.load_run(tmp_path / "student")
     assert student.model.config.d_model == 16 and student.tokenizer.eos_id == student.tokenizer.vocab_size - 1
+
+
+def test_dpo_on_the_folder_as_base_and_reference_starts_at_log_2(folder, tmp_path):
+    """post.base_workdir names the folder: policy and reference are both its converted weights, so the
+    first DPO loss is log 2 and the KL to the reference 0."""
+    from research.data import DataSpec, load_sources
+    from research.train.metrics import read_metrics
+
+    data_dir = str(tmp_path / "tfds")
+    load_sources(DataSpec("toy_sentiment", data_dir, "text", "train", "validation", 32, 8, 1, 0))
+    c = task_config("dpo")
+    c.data.update(name="toy_sentiment", data_dir=data_dir, seq_len=64)
+    c.train.update(task="dpo", steps=1, batch_size=8, eval_every=1, checkpoint_every=1, log_every=1,
+                   eval_batches=1, trackers="")  # fmt: skip
+    c.post.base_workdir = str(folder)
+    c.preference.update(num_train_pairs=32, num_eval_pairs=8, prompt_words=4, continuation_words=6)
+    data = math.gcd(8, jax.device_count())
+    c.mesh.update(data=data, tensor=jax.device_count() // data)
+    train(c, tmp_path / "dpo")
+    first = next(r for r in read_metrics(tmp_path / "dpo") if "loss" in r)
+    np.testing.assert_allclose(first["loss"], math.log(2), atol=1e-6)
+    assert abs(first["kl_chosen"]) < 1e-6 and first["margin"] == 0.0
+
+
+def test_a_llama_folder_loads_like_a_run(tmp_path):
+    tok = _tokenizer()
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rope_theta=500.0, initializer_range=0.2,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path, safe_serialization=True)
+    tok.save_pretrained(tmp_path)
+    run = runs.load_run(tmp_path)
+    assert run.config.model.position == "rope" and run.config.model.num_kv_heads == 2
+    tokens = run.tokenizer.encode(TEXTS[9])[None]
+    np.testing.assert_allclose(_our_logits(run, tokens), _their_logits(tmp_path, tokens), atol=1e-4)
