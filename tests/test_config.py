@@ -67,5 +67,3 @@ def test_model_config_resolves_defaults():
     c.model.vocab_size = 100
     with pytest.raises(ValueError, match="model.vocab_size=100 is smaller"):
         model_config(c, vocab_size=259)
-
-
