@@ -164,7 +164,7 @@ def test_bad_folders_are_errors_naming_the_path(folder, tmp_path):
     c = task_config("lm")
     c.data.tokenizer = "pretrained"
     c.train.steps = 1
-    with pytest.raises(ValueError, match="data.tokenizer='pretrained'.*neither names one"):
+    with pytest.raises(ValueError, match="data.tokenizer='pretrained'.*none names one"):
         train(c, tmp_path / "lost")
     assert not (tmp_path / "lost").exists()
 
