@@ -311,9 +311,7 @@ def _params_reader(workdir) -> ocp.CheckpointManager:
 
 
 def _init_from_hf(folder, params):
-    hf_config = hf.read_config(str(folder))
-    model = hf.config_from_hf(hf_config)
-    converted = hf.flat_params(hf.from_state_dict(hf.read_weights(str(folder)), model, hf_config["model_type"]))
+    converted = hf.flat_params(hf.load_pretrained(str(folder))[1])
 
     def pick(path, leaf):
         key = "/".join(str(getattr(p, "key", p)) for p in path)

@@ -144,13 +144,17 @@ def test_safetensors_are_read_lazily_memory_mapped_and_keep_bfloat16(tmp_path, m
     assert io.read_safetensors(str(tmp_path / "torch.safetensors"))["h"].dtype == ml_dtypes.bfloat16
     lazy = io.read_weights(str(tmp_path))
     assert sorted(lazy) == sorted(tensors) and lazy.shape("a") == (2, 3)
-    reads = []
-    get = type(lazy).__getitem__
-    monkeypatch.setattr(type(lazy), "__getitem__", lambda self, k: reads.append(k) or get(self, k))
     for k, v in tensors.items():
         np.testing.assert_array_equal(lazy[k], v)
         assert lazy[k].dtype == v.dtype
-    assert reads == [k for k in tensors for _ in range(2)]  # nothing read before it was asked for
+
+    # Names, count and shapes come from the header: with tensor reads made to fail, they still answer.
+    def no_read(self, k):
+        raise AssertionError(f"tensor {k} read")
+
+    monkeypatch.setattr(type(lazy), "__getitem__", no_read)
+    again = io.read_weights(str(tmp_path))
+    assert sorted(again) == sorted(tensors) and len(again) == 3 and again.shape("b.c") == (2,)
     (tmp_path / "bad.safetensors").write_bytes(b"\x01\x00")
     with pytest.raises(ValueError, match="bad.safetensors"):
         io.read_safetensors(str(tmp_path / "bad.safetensors"))
