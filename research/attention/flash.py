@@ -1,4 +1,4 @@
-"""Flash attention by name: the Pallas kernels of kernels/flash_attention, chosen by backend.
+"""Flash attention by name: the Pallas kernels of research_kernels/flash_attention, chosen by backend.
 
     GPU: Triton-lowered kernel.  TPU: Mosaic kernel.
     CPU: the pure-JAX "blockwise" variant (same maths, O(n) memory) — unless
@@ -20,10 +20,10 @@ import math
 import jax
 from jax.sharding import PartitionSpec as P
 
-from kernels.flash_attention import gpu, tpu
 from research.attention.registry import get_attention, register_attention
+from research_kernels.flash_attention import gpu, tpu
 
-MIN_KERNEL_LEN = 16  # the Triton kernel's smallest tile (kernels/flash_attention/gpu.py)
+MIN_KERNEL_LEN = 16  # the Triton kernel's smallest tile (research_kernels/flash_attention/gpu.py)
 
 
 @register_attention("flash", options=("block_q", "block_kv", "interpret"))

@@ -4,7 +4,7 @@
     python -m research.bench.flash_gpu --dry_run    # CPU, Pallas interpret mode, tiny sizes: exercises every step
 
 Steps, each guarded so one failure is recorded and the rest still run:
-1. Correctness: kernels.flash_attention.gpu vs research.attention.dense_attention (float32, highest matmul
+1. Correctness: research_kernels.flash_attention.gpu vs research.attention.dense_attention (float32, highest matmul
    precision) for outputs and dq/dk/dv, float32 (the kernel's matmuls use TF32, as XLA's default does) and
    bfloat16, causal and not, GQA, one case with packed segment ids. Metric: max |got - ref| / max |ref|.
 2. Tuning: a few Triton tile / warp / stage settings for forward and for backward at seq 4k, per head dim;
@@ -137,7 +137,7 @@ def attention_fn(impl, causal, sizes, params=None, segment_ids=None):
     """(q, k, v) -> out for one implementation; q/k/v [batch, seq, heads, head_dim]."""
     import jax
 
-    from kernels.flash_attention import gpu
+    from research_kernels.flash_attention import gpu
 
     if impl == "pallas":
         b = sizes["block"]

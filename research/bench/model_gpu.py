@@ -9,7 +9,7 @@ GELU MLP) with a 32k vocabulary: 12*12*768^2 + 32768*768 = 110M matmul parameter
 position table and norms). Compute is bfloat16 over float32 parameters (model.dtype), as
 research.main trains; the step is research.bench.train's, i.e. the training loop's jitted
 train_step with AdamW. One row per attention implementation: "flash" (the Pallas kernel of
-kernels/flash_attention) and "dense" (XLA's fused softmax attention).
+research_kernels/flash_attention) and "dense" (XLA's fused softmax attention).
 
 MFU = tokens/s x model FLOPs per token / the device's data-sheet bf16 peak
 (research.bench.peak.KNOWN_BF16_PEAKS; the measured bf16 matmul peak where the kind is unknown).

@@ -119,7 +119,7 @@ def quantized_model(model: nn.Module) -> nn.Module:
     XLA may keep float copies alive: in research.decode's generation loop it
     hoists the (loop-invariant) decoding out of the while loop, so generation
     holds the float weights while it runs. Keeping them packed down to the matmul
-    takes a fused kernel (kernels/quant_matmul.py).
+    takes a fused kernel (research_kernels/quant_matmul.py).
     """
     cls = nn.map_variables(type(model), "params", trans_in_fn=dequantize_params, mutable=True)
     fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.init}

@@ -1,4 +1,4 @@
-"""Pallas flash attention (kernels/flash_attention) vs research.attention.dense_attention.
+"""Pallas flash attention (research_kernels/flash_attention) vs research.attention.dense_attention.
 
 The GPU (Triton) and TPU (Mosaic) kernels run in Pallas interpret mode, so these
 tests execute the real kernel bodies on CPU; tiny shapes (seq <= 64, 32-wide
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels.flash_attention import flash_attention as kernel_dispatch
-from kernels.flash_attention import gpu, tpu
 from research.attention import dense_attention, get_attention
+from research_kernels.flash_attention import flash_attention as kernel_dispatch
+from research_kernels.flash_attention import gpu, tpu
 
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 4e-2}
 
@@ -285,7 +285,7 @@ def test_kernels_package_imports_only_jax():
     import pathlib
     import re
 
-    root = pathlib.Path(__file__).resolve().parents[2] / "kernels"
+    root = pathlib.Path(__file__).resolve().parents[2] / "research_kernels"
     offending = [
         f"{path.relative_to(root.parent)}: {line.strip()}"
         for path in sorted(root.rglob("*.py"))

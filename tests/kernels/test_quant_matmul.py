@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.quant_matmul import Blocks, quant_matmul, reference
 from research.quant import NF4, quantize
+from research_kernels.quant_matmul import Blocks, quant_matmul, reference
 
 # float32 accumulation in a different order (per group, scale factored out) than the reference's
 # single matmul: relative differences of a few float32 ulps of the output's magnitude.

@@ -33,7 +33,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from kernels.flash_attention.common import (
+from research_kernels.flash_attention.common import (
     LOG2E,
     MASK_VALUE,
     Config,

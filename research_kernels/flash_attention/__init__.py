@@ -13,8 +13,8 @@ common.py for the conventions they share. This package imports only jax.
 
 import jax
 
-from kernels.flash_attention import gpu, tpu
-from kernels.flash_attention.common import MASK_VALUE
+from research_kernels.flash_attention import gpu, tpu
+from research_kernels.flash_attention.common import MASK_VALUE
 
 __all__ = ["MASK_VALUE", "flash_attention", "gpu", "tpu"]
 

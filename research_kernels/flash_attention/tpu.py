@@ -36,7 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels.flash_attention.common import (
+from research_kernels.flash_attention.common import (
     LOG2E,
     MASK_VALUE,
     Config,
@@ -386,7 +386,7 @@ def flash_attention(
 ):
     """Exact attention with the Mosaic (TPU) Pallas kernels; differentiable (custom VJP).
 
-    Same arguments and result as kernels.flash_attention.gpu.flash_attention. Blocks are shrunk to the
+    Same arguments and result as research_kernels.flash_attention.gpu.flash_attention. Blocks are shrunk to the
     sequence when longer and must divide it; on hardware block_q must be a multiple of 8 and block_kv and
     block_q_bwd of 128 (unless equal to the whole sequence). interpret=True runs the kernels in Pallas interpret
     mode; interpret=pltpu.InterpretParams() in the TPU-semantics interpreter (slower; scratch starts as NaN,
