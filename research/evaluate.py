@@ -62,11 +62,10 @@ def evaluate_run(workdir, *, eval_files: str = "", eval_batches: int = 0, bits_p
         p_eval = jax.jit(functools.partial(eval_step, sums_fn=task.eval_sums))
         out = evaluate(p_eval, params, frozen, batches, mesh, perplexity=task.reports_perplexity)
         out.update(task.evaluate(params, frozen))
-    if task.decoder and bits_per_byte_bytes:
-        texts = document_texts(data_spec(config), "eval", max_bytes=bits_per_byte_bytes)
-        run = runs.load_run(workdir, field="--workdir")
-        model, decode_params = run.for_decoding()
-        out.update(bits_per_byte(model, decode_params, tokenizer, texts, seq_len=config.data.seq_len))
+        if task.decoder and bits_per_byte_bytes:  # on the weights already loaded, not a second read
+            texts = document_texts(data_spec(config), "eval", max_bytes=bits_per_byte_bytes)
+            model, decode_params = task.for_decoding(params, frozen)
+            out.update(bits_per_byte(model, decode_params, tokenizer, texts, seq_len=config.data.seq_len))
     return {"workdir": str(workdir), "task": config.train.task, **out}
 
 

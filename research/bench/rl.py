@@ -136,7 +136,7 @@ def _measure(task, config, mesh) -> dict:
     sampling = task.rollout_sampling()
 
     # 1. Rollout throughput vs generate at the same rows and length.
-    model, variables = task.adapted.for_decoding(state.params, frozen["base"])
+    model, variables = task.for_decoding(state.params, frozen)
     rollout = lambda: jax.block_until_ready(sample(model, variables, encoded, sampling, jax.random.key(1)).tokens)  # noqa: E731
     repeated = [p for p in encoded for _ in range(f.group)]
     greedy = lambda: generate(model, variables, repeated, max_new_tokens=f.new_tokens)  # noqa: E731
@@ -149,7 +149,7 @@ def _measure(task, config, mesh) -> dict:
     parts = {"rollout": [], "scoring": [], "processing": [], "update": []}
     for i in range(1 + f.steps):
         t0 = time.perf_counter()
-        model, variables = task.adapted.for_decoding(state.params, frozen["base"])
+        model, variables = task.for_decoding(state.params, frozen)
         samples = sample(model, variables, encoded, sampling, jax.random.key(10 + i), mesh=mesh)
         jax.block_until_ready(samples)
         t1 = time.perf_counter()

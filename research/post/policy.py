@@ -150,6 +150,9 @@ class PostTask(Task):
             frozen["reference"] = self._base_model_params(mesh)
         return frozen
 
+    def for_decoding(self, params, frozen):
+        return self.adapted.for_decoding(params, frozen["base"])
+
     def _base_model_params(self, mesh):
         """post.base_workdir's model as plain DecoderLM parameters (LoRA merged), without any head."""
         merged = runs.load_run(self.config.post.base_workdir, mesh, field="post.base_workdir").merged_params()
@@ -241,7 +244,7 @@ class SamplingTask(PostTask):
         prompts = self.prompt_set.prompts("eval", p.eval_prompts)
         config = sampling_config(self.config, eval=True, stop=self.stop)
         mesh = jax.tree.leaves(params)[0].sharding.mesh
-        model, variables = self.adapted.for_decoding(params, frozen["base"])
+        model, variables = self.for_decoding(params, frozen)
         rng = jax.random.fold_in(jax.random.key(self.config.train.seed), 7_000_003)  # the same draws every eval
         samples = sample(model, variables, self.encode_prompts(prompts), config, rng, mesh=mesh)
         rows = [prompts[i] for i in np.asarray(samples.prompt_index)]

@@ -109,7 +109,7 @@ class RolloutSource(grain.DatasetIterator):
         prompts = [task.prompt_set.prompt("train", int(i)) for i in next(self._parent)]
 
         start = time.perf_counter()
-        model, variables = task.adapted.for_decoding(params, frozen["base"])
+        model, variables = task.for_decoding(params, frozen)
         samples = sample(model, variables, task.encode_prompts(prompts), task.rollout_sampling(), rng_sample, mesh=mesh)
         jax.block_until_ready(samples)
         sampled = time.perf_counter()

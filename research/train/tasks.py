@@ -220,6 +220,12 @@ class Task:
         del mesh
         return None
 
+    def for_decoding(self, params, frozen):
+        """(model, params) of the trained decoder, fastest to decode or score with (research.decode,
+        bits per byte): a task that adapts a frozen base merges or wraps it (AdaptedModel.for_decoding)."""
+        del frozen
+        return self.model, params
+
     def initial_params(self, params, frozen):
         """A fresh run's params before its first step: `params` (the init) with train.init_from's matching
         leaves loaded. Tasks that start from another model (an RL policy from its reference) override it."""

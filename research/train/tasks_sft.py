@@ -178,11 +178,14 @@ class SFTTask(Task):
             out["thinks"] = float(np.mean(thinks))
         return out
 
+    def for_decoding(self, params, frozen):
+        return self.adapted.for_decoding(params, frozen)  # frozen is the base itself
+
     def generate(self, params, frozen, prompts: list[str]) -> list[str]:
         """Greedy answers (text before [EOS]) to prompts, with the method in place (LoRA merged first)."""
         tok = self.tokenizer
         encoded = [instructions.prompt_tokens(tok, p).tolist() for p in prompts]
-        model, variables = self.adapted.for_decoding(params, frozen)
+        model, variables = self.for_decoding(params, frozen)
         out = generate(
             model,
             variables,

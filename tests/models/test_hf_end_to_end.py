@@ -18,14 +18,16 @@ torch = pytest.importorskip("torch", reason=REASON)
 transformers = pytest.importorskip("transformers", reason=REASON)
 import tokenizers  # noqa: E402
 
+from research.data.pipeline import document_texts  # noqa: E402
 from research.evaluate import evaluate_run  # noqa: E402
 from research.export import export  # noqa: E402
 from research.models import hf  # noqa: E402
 from research.sample import print_samples  # noqa: E402
 from research.tokenizers import PretrainedTokenizer, load_tokenizer  # noqa: E402
 from research.train import checkpoint, runs  # noqa: E402
+from research.train.bits_per_byte import bits_per_byte  # noqa: E402
 from research.train.loop import train  # noqa: E402
-from research.train.tasks import task_config  # noqa: E402
+from research.train.tasks import data_spec, task_config  # noqa: E402
 
 TEXTS = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(200)]
 EOT = "<|endoftext|>"
@@ -193,9 +195,13 @@ def test_lora_sft_on_the_folder_as_base_exports_merged(folder, tmp_path):
     export(workdir, str(tmp_path / "merged"))
     np.testing.assert_allclose(_their_logits(tmp_path / "merged", tokens), adapted, atol=1e-4)
     # research.evaluate regenerates the run's last eval: loss and exact match over the frozen converted base
-    again = evaluate_run(workdir, bits_per_byte_bytes=0)
+    # and bits per byte on the weights it loaded once, as the run's own loader (LoRA merged) scores them
+    again = evaluate_run(workdir, bits_per_byte_bytes=300)
     assert again["exact_match"] == out["exact_match"]
     np.testing.assert_allclose(again["eval_loss"], out["eval_loss"], rtol=1e-6)
+    texts = document_texts(data_spec(run.config), "eval", max_bytes=300)
+    want = bits_per_byte(*run.for_decoding(), run.tokenizer, texts, seq_len=64)["bits_per_byte"]
+    np.testing.assert_allclose(again["bits_per_byte"], want, rtol=1e-5)
 
 
 def test_research_evaluate_reads_the_folder(folder, tmp_path):
