@@ -151,6 +151,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Encoder / encoder-decoder models (research.models.encoder*).
     c.encoder = dict(
         post_norm=False,  # BERT's norm(x + f(x)) blocks and normed embeddings; False: pre-norm + final norm
+        type_vocab_size=0,  # BERT's token-type (segment A/B) embeddings, all rows type 0 here; 0: none
         pooling="cls",  # sentence embeddings: cls | mean (over non-padding tokens)
         relative_buckets=32,  # model.position='relative' (T5 bias): buckets, half per direction in encoders
         relative_max_distance=128,  # offsets at least this far apart share the last bucket
@@ -368,6 +369,8 @@ def validate(config, sections=None) -> None:
     _choice("encoder.pooling", e.pooling, POOLINGS)
     # Encoders split the buckets in half per direction; each half needs an exact bucket and a log-spaced one.
     check_range(config, "encoder.relative_buckets", 4)
+    if "type_vocab_size" in e:  # configs saved before the key
+        check_range(config, "encoder.type_vocab_size", 0)
     if e.relative_max_distance <= e.relative_buckets // 2:
         raise ValueError(
             f"encoder.relative_max_distance={e.relative_max_distance} must exceed half of "

@@ -302,6 +302,7 @@ INVALID = {
     # encoder
     "encoder.pooling": Bad(not_in(("cls", "mean"))),
     "encoder.relative_buckets": Bad(below(4)),
+    "encoder.type_vocab_size": Bad(below(0)),
     "encoder.relative_max_distance": Bad(lambda kind, c: st.integers(max_value=c.encoder.relative_buckets // 2)),
     # mlm, classify (mlm and classify tasks)
     "mlm.mask_rate": Bad(outside(0, 1, lo_open=True, hi_open=True)),

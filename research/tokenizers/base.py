@@ -95,6 +95,8 @@ class Tokenizer:
 
     special_tokens = SPECIAL_TOKENS
     pad_id, unk_id, cls_id, sep_id, mask_id, bos_id, eos_id = PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, BOS_ID, EOS_ID
+    # Every id that is not text (sorted): what masked-LM corruption never targets or draws.
+    special_ids: tuple[int, ...] = tuple(range(NUM_SPECIAL))
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -369,6 +371,7 @@ class AddedTokens(Tokenizer):
 
     # The special ids are the base's: the fixed ones for our kinds, a pretrained tokenizer's own.
     special_tokens = _forward_to_base("special_tokens")
+    special_ids = _forward_to_base("special_ids")
     pad_id = _forward_to_base("pad_id")
     unk_id = _forward_to_base("unk_id")
     cls_id = _forward_to_base("cls_id")

@@ -97,6 +97,8 @@ class PretrainedTokenizer(Tokenizer):
         self._ids = {role: tokenizer.token_to_id(token) if token else None for role, token in self._tokens.items()}
         # What decode(skip_special=True) drops besides the library's own special tokens: structure, not [UNK].
         self._control_ids = np.array(sorted({i for role, i in self._ids.items() if i is not None and role != "unk"}))
+        library_special = {i for i, added in tokenizer.get_added_tokens_decoder().items() if added.special}
+        self.special_ids = tuple(sorted({i for i in self._ids.values() if i is not None} | library_special))
 
     # --- reading a Hugging Face folder -----------------------------------------------------------
 

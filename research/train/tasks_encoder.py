@@ -28,9 +28,10 @@ from research.train.step import apply_with_aux, objective_sums
 from research.train.tasks import Task, data_spec, register_task
 
 
-def encoder_model_config(config, vocab_size: int) -> EncoderConfig:
-    """config.model (as for every task) + config.encoder; num_labels from classify.packages."""
-    base = dataclasses.asdict(config_lib.model_config(config, vocab_size))
+def encoder_model_config(config, tokenizer) -> EncoderConfig:
+    """config.model (as for every task) + config.encoder; num_labels from classify.packages, pad_id
+    from the tokenizer."""
+    base = dataclasses.asdict(config_lib.model_config(config, tokenizer.vocab_size))
     e = config.encoder
     if e.pooling not in POOLINGS:
         raise ValueError(f"encoder.pooling={e.pooling!r}; choose one of {POOLINGS}")
@@ -40,23 +41,26 @@ def encoder_model_config(config, vocab_size: int) -> EncoderConfig:
         pooling=e.pooling,
         relative_buckets=e.relative_buckets,
         relative_max_distance=e.relative_max_distance,
+        type_vocab_size=e.get("type_vocab_size", 0),  # .get: configs saved before the key
         num_labels=len(stdlib_packages.parse_packages(config.classify.packages)),
-        pad_id=0,
+        pad_id=tokenizer.pad_id,
     )
 
 
-def mlm_corrupt(rng, tokens, segment_ids, *, rate, mask_token, random_token, mask_id, vocab_size):
-    """(inputs, target weights): BERT's masking of `rate` of the real, non-special tokens.
+def mlm_corrupt(rng, tokens, segment_ids, *, rate, mask_token, random_token, mask_id, special_ids, vocab_size):
+    """(inputs, target weights): BERT's masking of `rate` of the real tokens that are not special_ids.
 
     Of the targets, `mask_token` become [MASK], `random_token` a uniformly random
-    regular token, the rest stay as they are (so the model can't assume an
-    unmasked token is never a target).
+    regular (non-special) token, the rest stay as they are (so the model can't assume an
+    unmasked token is never a target). special_ids: the tokenizer's (Tokenizer.special_ids),
+    anywhere in the vocabulary (a pretrained BERT's [CLS] is 101).
     """
     k_pick, k_how, k_tok = jax.random.split(rng, 3)
-    candidates = (segment_ids != 0) & (tokens >= NUM_SPECIAL)
+    candidates = (segment_ids != 0) & ~jnp.isin(tokens, jnp.asarray(special_ids, jnp.int32))
     targets = candidates & (jax.random.uniform(k_pick, tokens.shape) < rate)
     how = jax.random.uniform(k_how, tokens.shape)
-    random_ids = jax.random.randint(k_tok, tokens.shape, NUM_SPECIAL, vocab_size)
+    regular = np.setdiff1d(np.arange(vocab_size), special_ids).astype(np.int32)
+    random_ids = jnp.asarray(regular)[jax.random.randint(k_tok, tokens.shape, 0, len(regular))]
     inputs = jnp.where(targets & (how < mask_token), mask_id, tokens)
     inputs = jnp.where(targets & (how >= mask_token) & (how < mask_token + random_token), random_ids, inputs)
     return inputs, targets.astype(jnp.float32)
@@ -99,7 +103,7 @@ class _EncoderTask(Task):
         super().__init__(config, tokenizer)
 
     def build_model(self):
-        return EncoderModel(encoder_model_config(self.config, self.tokenizer.vocab_size))
+        return EncoderModel(encoder_model_config(self.config, self.tokenizer))
 
     def init_inputs(self) -> dict:
         tokens = jnp.full((1, self.config.data.seq_len), NUM_SPECIAL, jnp.int32)  # full rows: variants tile them
@@ -120,6 +124,7 @@ class MLMTask(_EncoderTask):
             mask_token=m.mask_token,
             random_token=m.random_token,
             mask_id=self.tokenizer.mask_id,
+            special_ids=self.tokenizer.special_ids,
             vocab_size=self.tokenizer.vocab_size,
         )
         logits, aux, metrics = apply_with_aux(

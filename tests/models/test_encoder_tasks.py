@@ -1,5 +1,7 @@
 """The encoder tasks' pieces: BERT masking statistics, the package-classification rows, the model config."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +26,7 @@ def test_mlm_corrupt_follows_bert_proportions():
         mask_token=0.8,
         random_token=0.1,
         mask_id=MASK_ID,
+        special_ids=tuple(range(NUM_SPECIAL)),
         vocab_size=300,
     )
     inputs, targets = np.asarray(inputs), np.asarray(weights).astype(bool)
@@ -38,6 +41,29 @@ def test_mlm_corrupt_follows_bert_proportions():
     assert abs(kept.mean() - 0.1 - 0.1 / 293) < 0.025  # a random replacement draws the original 1/293 of the time
     assert abs((~masked & ~kept).mean() - 0.1) < 0.025
     assert ((t_in[~masked] >= NUM_SPECIAL) & (t_in[~masked] < 300)).all()
+
+
+def test_mlm_corrupt_never_targets_or_draws_special_ids_anywhere_in_the_vocabulary():
+    # A pretrained BERT's specials: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103, amid its text ids.
+    special = (0, 100, 101, 102, 103)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1, 200, (32, 256)).astype(np.int32)
+    tokens[:, 0], tokens[:, -1] = 101, 102
+    inputs, weights = mlm_corrupt(
+        jax.random.key(1),
+        jnp.asarray(tokens),
+        jnp.ones_like(jnp.asarray(tokens)),
+        rate=0.5,
+        mask_token=0.0,
+        random_token=1.0,  # every target replaced by a random id: the draws are all visible
+        mask_id=103,
+        special_ids=special,
+        vocab_size=200,
+    )
+    inputs, targets = np.asarray(inputs), np.asarray(weights).astype(bool)
+    assert not targets[np.isin(tokens, special)].any() and targets.sum() > 3000
+    assert not np.isin(inputs[targets], special).any() and (inputs[targets] < 200).all()
+    assert len(np.unique(inputs[targets])) == 200 - len(special)  # every regular id is drawn
 
 
 def test_classification_rows_and_split():
@@ -57,8 +83,11 @@ def test_encoder_model_config_reads_the_encoder_section():
     c = task_config("classify")
     c.model.update(position="relative", num_layers=2, d_model=32, num_heads=4, num_kv_heads=4)
     c.encoder.update(post_norm=True, pooling="mean", relative_buckets=16)
-    m = encoder_model_config(c, vocab_size=300)
+    c.encoder.type_vocab_size = 2
+    tokenizer = types.SimpleNamespace(vocab_size=300, pad_id=5)  # a pretrained tokenizer's pad need not be 0
+    m = encoder_model_config(c, tokenizer)
     assert (m.post_norm, m.pooling, m.relative_buckets, m.num_layers, m.vocab_size) == (True, "mean", 16, 2, 300)
+    assert (m.type_vocab_size, m.pad_id) == (2, 5)
     assert m.num_labels == len(c.classify.packages.split(","))
 
 

@@ -140,6 +140,9 @@ def test_roles_come_from_tokenizer_config_and_match_transformers(hf_dir, fast):
     assert len(set(expected)) == 4 and not set(expected) & set(range(len(SPECIAL_TOKENS)))
     assert tok.mask_id == fast.convert_tokens_to_ids("<mask>")  # not in the config: found by name
     assert tok.vocab_size == len(fast)
+    # What masked-LM corruption skips: the library's special ids and every role, wherever they sit (<mask> is found
+    # by name, so transformers does not list it).
+    assert tok.special_ids == tuple(sorted({*fast.all_special_ids, tok.mask_id}))
     assert PretrainedTokenizer.from_file(hf_dir).hf_special_tokens() == tok.hf_special_tokens()  # a folder works too
 
 
@@ -253,6 +256,7 @@ def test_added_tokens_keep_the_pretrained_special_ids(gpt2_dir):
     tok = base.with_added_tokens(TAGS)
     assert (tok.eos_id, tok.bos_id, tok.pad_id, tok.unk_id) == (base.eos_id,) * 4
     assert tok.special_tokens == base.special_tokens == ("<|endoftext|>",)
+    assert tok.special_ids == base.special_ids == (base.eos_id,)  # the added tags are text, not special
     ids = tok.encode("<think>hi</think>", add_eos=True).tolist()
     assert ids[0] == base.vocab_size and ids[-1] == base.eos_id
     assert tok.decode(ids) == "<think>hi</think>"
