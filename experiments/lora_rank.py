@@ -4,10 +4,14 @@ r"""Fine-tuning: full vs LoRA r in {1, 2, 4, 8, 16, 64} vs prefix tuning vs adap
 
 Stages (research/experiment.py):
 1. base: pretrains a small byte-level LM on the stdlib corpus in WORKDIR/base.
-2. Fine-tunes it on research.data.instructions (train.task=sft), same batches, same
+   At scale=small a second stage, skills, fully fine-tunes it on the same string skills written
+   as Python (research.data.python_skills: ">>> 'lamp'[::-1]" -> "'pmal'") in WORKDIR/skills,
+   and the variants start from that: a base that can already do the task, as in the LoRA paper.
+2. Fine-tunes the base on research.data.instructions (train.task=sft), same batches, same
    steps, once per variant: full (every parameter, train.init_from = the base) in
    WORKDIR/full; LoRA on the attention projections (q, k, v, out) at each rank,
-   alpha = 2r, in WORKDIR/lora/rank=R,alpha=A; prefix tuning in WORKDIR/prefix and
+   alpha = 2r, in WORKDIR/lora/rank=R,alpha=A (at scale=small also on every attention and
+   MLP projection, in WORKDIR/lora_all/...); prefix tuning in WORKDIR/prefix and
    adapters in WORKDIR/adapter (base frozen, read from sft.base_workdir; their
    train.init_from is empty).
 3. analyze measures per variant: exact match of greedy answers on held-out prompts
@@ -17,31 +21,63 @@ Stages (research/experiment.py):
    for one device: deterministic, unlike a noisy process RSS on a shared CPU).
 Writes results.md, results.json and lora_rank.png in WORKDIR.
 
-Learning rates: 1e-3 for full fine-tuning, 3e-3 for LoRA and adapters, whose few
-parameters start at a no-op and need larger steps, and 3e-2 for prefix tuning, whose
+Scales. tiny: the base has only read Python source, and fine-tuning on all five instruction
+kinds for 200 steps teaches the answer format but not the answers (exact match 0-4% for every
+variant, full fine-tuning included): loss is what separates the methods there. small was sized
+by one-seed probes (README) until the baseline left the floor: the three kinds a 2-layer model
+learns (uppercase, reverse, sort), a skills stage of 1000 steps (exact match 0.67 on the Python
+forms), then 200 fine-tuning steps, where full fine-tuning reaches 0.45 instead of 0.02 from
+the plain base; the LoRA learning rate (1e-2 instead of 3e-3: r=8 0.15 -> 0.38 on q/k/v/out)
+was chosen in the same probes. About 13 minutes per seed on 2 CPU cores (15 variants).
+
+Learning rates: 1e-3 for full fine-tuning, 3e-3 (tiny) or 1e-2 (small) for LoRA and adapters,
+whose few parameters start at a no-op and need larger steps, and 3e-2 for prefix tuning, whose
 keys/values must grow from nothing to the scale of the model's own (at 3e-3 the prefix
 barely moved in 200 steps: val loss 5.10, the base's own level); everything else is shared.
 `get_config(arg)` is the full fine-tuning run (for research.main it reads
 workdirs/lora_rank/base, where the command above pretrains; the stages set the base
 workdir); `get_base_config(arg)` the pretraining run. `--config.*` overrides apply to
 every run that has the key (train.steps: the base and every variant).
-Arguments: scale=tiny|full, steps=N (fine-tuning steps).
+Arguments: scale=tiny|small|full, steps=N (fine-tuning steps).
 """
 
+import dataclasses
 import json
 
 from research.config import default_config, parse_arg, swiglu_mlp_dim
+from research.data.instructions import KINDS
 from research.experiment import Stage, apply_overrides
 from research.train.tasks import with_task
 
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    layers: int
+    d_model: int
+    heads: int
+    kv_heads: int
+    seq_len: int
+    batch: int
+    pretrain_steps: int
+    finetune_steps: int
+    eval_prompts: int
+    tasks: str = ",".join(KINDS)  # sft.tasks of the variants
+    skills_steps: int = 0  # > 0: a skills stage (the same skills as Python) between base and variants
+    peft_lr: float = 3e-3  # LoRA and adapters
+    lora_all: bool = False  # also a LoRA sweep over every attention and MLP projection
+
+
+_TINY = Scale(2, 128, 4, 2, 128, 16, 400, 200, 100)
 SCALES = {
-    # layers, d_model, heads, kv_heads, seq_len, batch, pretrain steps, fine-tune steps, eval prompts
-    "tiny": (2, 128, 4, 2, 128, 16, 400, 200, 100),
-    "full": (12, 768, 12, 4, 512, 64, 20_000, 2_000, 1_000),
+    "tiny": _TINY,
+    # The tiny model and budget, on a base that has the skills (see the module docstring).
+    "small": dataclasses.replace(_TINY, tasks="uppercase,reverse,sort", skills_steps=1000, peft_lr=1e-2, lora_all=True),
+    "full": Scale(12, 768, 12, 4, 512, 64, 20_000, 2_000, 1_000, lora_all=True),
 }
 FULL_LR = 1e-3
-PEFT_LR = {"lora": 3e-3, "adapter": 3e-3, "prefix": 3e-2}
+PREFIX_LR = 3e-2
 RANKS = (1, 2, 4, 8, 16, 64)  # LoRA ranks, each with alpha = 2r
+ALL_PROJECTIONS = r"attn/(query|key|value|out)$|mlp/\w+/kernel$"  # peft.target of the lora_all stage
 PEFT_OPTIONS = {"lora": {}, "prefix": {"peft.prefix_len": 8}, "adapter": {"peft.adapter_dim": 16}}
 BASE_WORKDIR = "workdirs/lora_rank/base"  # get_config's base outside the stages (README's workdir)
 
@@ -55,32 +91,29 @@ def _arg(arg):
 
 def get_base_config(arg=None):
     """The pretrained LM: next-token loss on the stdlib corpus."""
-    arg = _arg(arg)
-    layers, d_model, heads, kv_heads, seq_len, batch, steps, _, _ = SCALES[arg.scale]
+    scale = SCALES[_arg(arg).scale]
     c = default_config()
     c.model.update(
-        num_layers=layers,
-        d_model=d_model,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
+        num_layers=scale.layers,
+        d_model=scale.d_model,
+        num_heads=scale.heads,
+        num_kv_heads=scale.kv_heads,
         ffn="swiglu",
         norm="rmsnorm",
         position="rope",
-        mlp_dim=swiglu_mlp_dim(d_model),
+        mlp_dim=swiglu_mlp_dim(scale.d_model),
     )
-    c.data.seq_len = seq_len
+    c.data.seq_len = scale.seq_len
+    steps = scale.pretrain_steps
     c.train.update(
-        steps=steps, batch_size=batch, eval_every=steps, checkpoint_every=steps, eval_batches=4, log_every=50
+        steps=steps, batch_size=scale.batch, eval_every=steps, checkpoint_every=steps, eval_batches=4, log_every=50
     )
     c.optim.update(learning_rate=2e-3, warmup_steps=min(50, steps // 10))
     return c
 
 
-def get_config(arg=None):
-    """Full fine-tuning of the base on the instruction set; the variants override peft.*."""
-    parsed = _arg(arg)
-    *_, steps, eval_prompts = SCALES[parsed.scale]
-    steps = parsed.steps or steps
+def _finetune_config(arg, steps: int, tasks: str):
+    """Full fine-tuning of the base on the instruction kinds `tasks` for `steps` steps."""
     c = with_task(get_base_config(arg), "sft")
     c.train.update(
         init_from=BASE_WORKDIR,
@@ -92,35 +125,60 @@ def get_config(arg=None):
         seed=1,  # another shuffle than the pretraining run's
     )
     c.optim.update(learning_rate=FULL_LR, warmup_steps=min(20, steps // 10), weight_decay=0.0)
-    c.sft.update(base_workdir=BASE_WORKDIR, eval_examples=eval_prompts, max_new_tokens=14)
+    c.sft.update(base_workdir=BASE_WORKDIR, tasks=tasks, eval_examples=SCALES[_arg(arg).scale].eval_prompts,
+                 max_new_tokens=14)  # fmt: skip
     return c
 
 
+def get_config(arg=None):
+    """Full fine-tuning of the base on the instruction set; the variants override peft.*."""
+    parsed = _arg(arg)
+    scale = SCALES[parsed.scale]
+    return _finetune_config(arg, parsed.steps or scale.finetune_steps, scale.tasks)
+
+
+def get_skills_config(arg=None):
+    """scale=small's skills stage: full fine-tuning of the base on the variants' skills written as Python."""
+    scale = SCALES[_arg(arg).scale]
+    kinds = [f"py_{kind}" for kind in scale.tasks.split(",")]
+    return _finetune_config(arg, scale.skills_steps, ",".join(kinds))
+
+
 def get_stages(arg=None):
-    """base, then full fine-tuning and the PEFT methods, all reading the base stage's workdir."""
+    """base (then skills at scale=small), then full fine-tuning and the PEFT methods, all reading that base."""
+    scale = SCALES[_arg(arg).scale]
 
-    def peft(method):
+    def peft(method, **options):
         # A PEFT run keeps the base frozen, read from sft.base_workdir: no train.init_from.
-        overrides = {"peft.method": method, "train.init_from": "", "optim.learning_rate": PEFT_LR[method]}
-        return apply_overrides(get_config(arg), {**overrides, **PEFT_OPTIONS[method]})
+        lr = PREFIX_LR if method == "prefix" else scale.peft_lr
+        overrides = {"peft.method": method, "train.init_from": "", "optim.learning_rate": lr}
+        return apply_overrides(get_config(arg), {**overrides, **PEFT_OPTIONS[method], **options})
 
-    reads_base = {"sft.base_workdir": "base"}
+    ranks = tuple({"peft.rank": r, "peft.alpha": 2.0 * r} for r in RANKS)
+    stages = [Stage("base", get_base_config(arg))]
+    if scale.skills_steps:
+        stages.append(
+            Stage("skills", get_skills_config(arg), inputs={"train.init_from": "base", "sft.base_workdir": "base"})
+        )
+    start = stages[-1].name
+    reads_base = {"sft.base_workdir": start}
+    stages += [
+        Stage("full", get_config(arg), inputs={"train.init_from": start, **reads_base}),
+        Stage("lora", peft("lora"), inputs=reads_base, sweep=ranks),
+    ]
+    if scale.lora_all:
+        stages.append(
+            Stage("lora_all", peft("lora", **{"peft.target": ALL_PROJECTIONS}), inputs=reads_base, sweep=ranks)
+        )
     return [
-        Stage("base", get_base_config(arg)),
-        Stage("full", get_config(arg), inputs={"train.init_from": "base", **reads_base}),
-        Stage(
-            "lora",
-            peft("lora"),
-            inputs=reads_base,
-            sweep=tuple({"peft.rank": r, "peft.alpha": 2.0 * r} for r in RANKS),
-        ),
+        *stages,
         Stage("prefix", peft("prefix"), inputs=reads_base),
         Stage("adapter", peft("adapter"), inputs=reads_base),
     ]
 
 
 def _label(run) -> str:
-    return f"lora_r{run.config.peft.rank}" if run.stage == "lora" else run.stage
+    return f"{run.stage}_r{run.config.peft.rank}" if run.stage in ("lora", "lora_all") else run.stage
 
 
 def step_memory_bytes(config) -> int:
@@ -162,7 +220,7 @@ def analyze(workdir, runs, arg=None):
     del arg
     rows = []
     for run in runs:
-        if run.stage == "base":
+        if run.stage in ("base", "skills"):
             continue
         metrics = read_metrics(run.workdir)
         tokens_per_step = run.config.train.batch_size * run.config.data.seq_len
@@ -208,7 +266,7 @@ def plot_seeds(workdir, merged, arg=None):
 
 
 def _method(name: str) -> str:
-    return "lora" if name.startswith("lora") else name
+    return name.rpartition("_r")[0] if name.startswith("lora") else name  # "lora_all_r8" -> "lora_all"
 
 
 def _plot(rows, path):
@@ -220,7 +278,7 @@ def _plot(rows, path):
 
     methods = list(dict.fromkeys(_method(r["name"]) for r in rows))
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
-    markers = {"full": "s", "lora": "o"}
+    markers = {"full": "s", "lora": "o", "lora_all": "D"}
     fig = Figure(figsize=(11, 4))
     for ax, key, label in zip(
         fig.subplots(1, 2),

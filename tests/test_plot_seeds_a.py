@@ -123,7 +123,7 @@ def _judge_bias():
 
 
 def _lora_rank():
-    names = ["full", *(f"lora_r{r}" for r in (1, 2, 4, 8, 16, 64)), "prefix", "adapter"]
+    names = ["full", *(f"{m}_r{r}" for m in ("lora", "lora_all") for r in (1, 2, 4, 8, 16, 64)), "prefix", "adapter"]
     return [
         dict(name=n, trainable_params=10_000_000 if n == "full" else 1_000 * (i + 1), exact_match=0.3 + 0.05 * i,
              per_kind={"uppercase": 0.4 + 0.03 * i, "reverse": 0.1 + 0.02 * i}, eval_loss=1.5 - 0.05 * i,

@@ -66,6 +66,25 @@ def test_staged_experiment_plans_and_wires_its_inputs(path, tmp_path):
     assert {r.config.train.steps for r in runs} == {2}
 
 
+def test_lora_rank_small_scale_fine_tunes_a_base_with_the_skills(tmp_path):
+    """scale=small: base -> skills (the variants' kinds as Python) -> every variant reads skills, not base."""
+    experiment, arg = load_experiment("experiments/lora_rank.py:scale=small")
+    runs = {r.name: r.config for r in plan(experiment, arg, tmp_path)}
+    skills = runs["skills"]
+    assert skills.train.init_from == skills.sft.base_workdir == str(tmp_path / "base")
+    assert skills.sft.tasks == "py_uppercase,py_reverse,py_sort"
+    variants = {name: c for name, c in runs.items() if name not in ("base", "skills")}
+    assert len(variants) == 1 + 2 * 6 + 2  # full, LoRA on q/k/v/out and on every projection at 6 ranks, prefix, adapter
+    for name, c in variants.items():
+        assert c.sft.base_workdir == str(tmp_path / "skills"), name
+        assert c.sft.tasks == "uppercase,reverse,sort", name
+        assert c.train.init_from == (str(tmp_path / "skills") if name == "full" else ""), name
+    assert runs["lora_all/rank=8,alpha=16.0"].peft.target.endswith(r"|mlp/\w+/kernel$")
+    assert runs["lora/rank=8,alpha=16.0"].peft.target == default_config().peft.target
+    with pytest.raises(ValueError, match="lora_rank scale='medium'"):
+        load_experiment("experiments/lora_rank.py:scale=medium")[0].get_stages("scale=medium")
+
+
 def _tiny(corpus, task="lm"):
     """A config small enough to train 2 steps in seconds, on whatever fake devices the session has."""
     import jax

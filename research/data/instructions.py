@@ -79,7 +79,9 @@ class RegisteredKind:
 
 _REGISTERED: dict[str, RegisteredKind] = {}
 # Modules that register kinds, imported on first lookup (they import this module: no import cycle).
-_KIND_MODULES = ("research.apps.rag_data", "research.apps.agent_data", "research.apps.judge_data")
+_KIND_MODULES = (
+    "research.data.python_skills", "research.apps.rag_data", "research.apps.agent_data", "research.apps.judge_data",
+)  # fmt: skip
 
 
 def register_kind(name: str, make, *, check=None, verify=None) -> None:
@@ -116,7 +118,8 @@ def code_lines() -> tuple[str, ...]:
     return tuple(sorted(lines))
 
 
-def _word(rng, low=3, high=7) -> str:
+def random_word(rng, low=3, high=7) -> str:
+    """low..high-1 random lowercase letters (the words of the reverse and uppercase kinds)."""
     return "".join(rng.choice(_LETTERS, size=int(rng.integers(low, high))))
 
 
@@ -126,10 +129,10 @@ def _candidate(kind: str, rng) -> Example:
         op = "+" if rng.random() < 0.5 else "-"
         return Example(kind, f"What is {a} {op} {b}?", str(a + b if op == "+" else a - b))
     if kind == "reverse":
-        w = _word(rng)
+        w = random_word(rng)
         return Example(kind, f"Reverse: {w}", w[::-1])
     if kind == "uppercase":
-        w = _word(rng)
+        w = random_word(rng)
         return Example(kind, f"Uppercase: {w}", w.upper())
     if kind == "sort":
         digits = [str(d) for d in rng.integers(0, 10, size=int(rng.integers(3, 7)))]

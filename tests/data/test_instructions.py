@@ -1,11 +1,14 @@
 """Instruction data: correct answers, disjoint splits, prompt-masked template, whole-example packing."""
 
+import ast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from research.data import instructions as ins
+from research.data import python_skills
 from research.models import DecoderLM, ModelConfig
 from research.tokenizers import ByteTokenizer
 
@@ -44,6 +47,24 @@ def test_examples_are_correct_deterministic_and_splits_disjoint():
         ins.check_kinds(["sort", "poetry"])
 
 
+def test_python_skills_answer_what_the_interpreter_would():
+    """py_* kinds: the prompt's literal, put through the named operation by Python itself, prints the response."""
+    ops = {"py_reverse": ("[::-1]", lambda w: w[::-1]), "py_uppercase": (".upper()", str.upper),
+           "py_sort": ("", sorted)}  # fmt: skip
+    for split in ("train", "eval"):
+        examples = [ins.make_example(i, split=split, seed=5, kinds=python_skills.SKILLS) for i in range(90)]
+        assert [e.kind for e in examples[:3]] == list(python_skills.SKILLS)
+        for e in examples:
+            suffix, op = ops[e.kind]
+            expression = e.prompt.removeprefix(">>> ").removesuffix(suffix)
+            if e.kind == "py_sort":
+                expression = expression.removeprefix("sorted(").removesuffix(")")
+            assert repr(op(ast.literal_eval(expression))) == e.response, e
+            assert ins.exact_match(e, e.response + "\n") and not ins.exact_match(e, e.response.strip("'[]"))
+    with pytest.raises(ValueError, match=r"sft.tasks: 'py_sort:n=3': py_sort has no knobs"):
+        ins.check_kinds(["sort", "py_sort:n=3"])
+
+
 def test_template_masks_the_prompt():
     example = ins.Example("reverse", "Reverse: abc", "cba")
     r = ins.render(TOK, example)
@@ -71,7 +92,7 @@ def echo_kind():
 
     def make(kind, rng):
         (n,) = ins.reasoning.parse_knobs(kind, {"n": (2, 1, 5)})[0].values()
-        word = ins._word(rng)
+        word = ins.random_word(rng)
         return ins.Example(kind, f"Echo {n}: {word}", " ".join([word] * n))
 
     def check(kind):
