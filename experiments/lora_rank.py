@@ -28,7 +28,8 @@ by one-seed probes (README) until the baseline left the floor: the three kinds a
 learns (uppercase, reverse, sort), a skills stage of 1000 steps (exact match 0.67 on the Python
 forms), then 200 fine-tuning steps, where full fine-tuning reaches 0.45 instead of 0.02 from
 the plain base; the LoRA learning rate (1e-2 instead of 3e-3: r=8 0.15 -> 0.38 on q/k/v/out)
-was chosen in the same probes. About 13 minutes per seed on 2 CPU cores (15 variants).
+was chosen in the same probes. About 9 minutes per seed on 2 idle CPU cores (15 variants);
+the 3-seed table and what it shows are in the README.
 
 Learning rates: 1e-3 for full fine-tuning, 3e-3 (tiny) or 1e-2 (small) for LoRA and adapters,
 whose few parameters start at a no-op and need larger steps, and 3e-2 for prefix tuning, whose
