@@ -70,7 +70,8 @@ class Example:
 @dataclasses.dataclass(frozen=True)
 class RegisteredKind:
     """A kind another module defines: `make(kind, rng) -> Example`; `check(kind)` raises ValueError on bad
-    knobs; `verify(example, output) -> bool` replaces the exact match of the response (None: exact match)."""
+    knobs (None: the kind takes no knobs); `verify(example, output) -> bool` replaces the exact match of the
+    response (None: exact match)."""
 
     make: object
     check: object = None
@@ -168,8 +169,11 @@ def check_kinds(kinds, field: str = "sft.tasks") -> tuple[str, ...]:
         try:
             if reasoning.is_reasoning_kind(kind):
                 reasoning.parse_kind(kind)  # its knobs, checked
-            elif (registered := _registered(kind)) is not None and registered.check is not None:
-                registered.check(kind)
+            elif (registered := _registered(kind)) is not None:
+                if registered.check is not None:
+                    registered.check(kind)
+                elif ":" in kind:
+                    raise ValueError(f"{kind!r}: {kind.split(':')[0]} has no knobs")
         except ValueError as e:
             raise ValueError(f"{field}: {e}") from None
     return kinds
