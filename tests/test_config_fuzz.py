@@ -542,7 +542,8 @@ def small_configs(draw):
         # Prefix tuning passes its keys through an explicit mask, which only dense attention takes.
         attention="dense" if method == "prefix" else draw(st.sampled_from(CAUSAL_ATTENTION)),
         moe_num_experts=experts,
-        moe_top_k=draw(st.sampled_from([1, 2])),
+        moe_top_k=(top_k := draw(st.sampled_from([1, 2]))),
+        moe_renormalize=top_k > 1,  # top-1 takes the Switch gate (a renormalized one is always 1)
         moe_every=draw(st.integers(1, layers)),
         moe_dropless=draw(st.booleans()),
         dtype=draw(st.sampled_from(["float32", "bfloat16"])),

@@ -50,6 +50,12 @@ def check_config(model, mesh) -> None:
         return
     if not 1 <= model.moe_top_k <= e:
         raise ValueError(f"model.moe_top_k={model.moe_top_k} must be in [1, model.moe_num_experts={e}]")
+    if model.moe_top_k == 1 and model.moe_renormalize:
+        # The one gate would be p / p = 1 for every token: the LM loss could not reach the router.
+        raise ValueError(
+            "model.moe_top_k=1 with model.moe_renormalize=True makes every gate 1, so the router learns only "
+            "from the aux losses; set model.moe_renormalize=False (Switch: the gate is the router probability)"
+        )
     if model.moe_every < 1:
         raise ValueError(f"model.moe_every must be >= 1 (every k-th block is MoE), got {model.moe_every}")
     if model.moe_every > model.num_layers:

@@ -257,6 +257,7 @@ def test_kv_cache_decoding_with_moe_blocks():
         (dict(moe_capacity_factor=-1.0), "model.moe_capacity_factor must be > 0"),
         (dict(moe_every=0), "model.moe_every"),
         (dict(moe_num_experts=-1), "model.moe_num_experts"),
+        (dict(moe_top_k=1), "model.moe_top_k=1 with model.moe_renormalize=True"),
     ],
 )
 def test_bad_configs_raise(changes, message):
@@ -264,6 +265,24 @@ def test_bad_configs_raise(changes, message):
     c.model.update({"moe_num_experts": 4, **changes})
     with pytest.raises(ValueError, match=re.escape(message)):
         validate(c)
+
+
+def test_top_1_routing_reaches_the_router_only_with_raw_probability_gates():
+    """Why top-1 needs moe_renormalize=False: a renormalized single gate is p / p = 1, so the output
+    (aux losses aside) does not depend on the router's weights; the Switch gate p does."""
+
+    def router_grad(renormalize):
+        layer, params, x, valid = layer_and_params(top_k=1, renormalize=renormalize, dropless=True)
+
+        def output_sum(router):
+            y, _ = apply(layer, {**params, "router": router}, x, valid)
+            return jnp.sum(y**2)
+
+        return np.abs(jax.grad(output_sum)(params["router"])).max()
+
+    switch, renormalized = router_grad(False), router_grad(True)
+    assert switch > 1e-3, switch
+    assert renormalized < 1e-5 * switch, (renormalized, switch)  # zero up to float rounding of p / p
 
 
 def test_experts_must_divide_over_the_expert_axis():
